@@ -1,0 +1,94 @@
+"""Dataclass configs: the knobs of the method (METHOD.md §2), of decoding and of video input.
+
+They are plain dataclasses so that LightningCLI turns their fields into flags
+(`--model.controller.mode`, `--model.decode.top_p`, ...) and YAML keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+Mode = Literal["switch", "minimize", "maximize", "off"]
+
+
+@dataclass
+class ControllerConfig:
+    """The test-time controller (METHOD.md §2).
+
+    mode: `switch` (entropy switching, the method), `minimize` (α ≡ −1), `maximize` (α ≡ +1),
+        `off` (plain decoding, bit-identical to transformers' `generate`).
+    every_k: run an optimization round every `every_k`-th generated token (k = 0, every_k, 2·every_k, ...).
+    steps: Adam steps per round.
+    lr: Adam learning rate; betas are Adam's (0.9, 0.999).
+    ema_beta: β of the entropy EMA.
+    prune_ratio: V-Reason (Lite) fraction of video tokens dropped from every layer's cache after
+        prefill (0 disables Lite; the paper uses 0.5).
+    """
+
+    mode: Mode = "switch"
+    every_k: int = 2
+    steps: int = 1
+    lr: float = 1e-2
+    ema_beta: float = 0.9
+    prune_ratio: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("switch", "minimize", "maximize", "off"):
+            raise ValueError(f"controller.mode must be switch|minimize|maximize|off, got {self.mode!r}")
+        if self.every_k < 1:
+            raise ValueError(f"controller.every_k must be >= 1, got {self.every_k}")
+        if self.steps < 0:
+            raise ValueError(f"controller.steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"controller.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_beta < 1.0:
+            raise ValueError(f"controller.ema_beta must be in [0, 1), got {self.ema_beta}")
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ValueError(f"controller.prune_ratio must be in [0, 1), got {self.prune_ratio}")
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding. Greedy by default (the anchors decode effectively greedily).
+
+    With `do_sample=True` the filters apply in transformers' order: temperature, top-k, top-p,
+    min-p. `seed` seeds a per-sample generator so a sample's output does not depend on the order
+    samples run in.
+    """
+
+    max_new_tokens: int = 1024
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"decode.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"decode.temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"decode.top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"decode.top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ValueError(f"decode.min_p must be in [0, 1), got {self.min_p}")
+
+
+@dataclass
+class VideoConfig:
+    """How videos are read (PROTOCOL.md): uniform `num_frames`, or `fps` with frame bounds, each
+    frame resized the Qwen way (sides multiples of 28) within [min_pixels, max_pixels]."""
+
+    num_frames: Optional[int] = 16
+    fps: Optional[float] = None
+    min_frames: int = 4
+    max_frames: int = 768
+    max_pixels: int = 256 * 28 * 28
+    min_pixels: int = 4 * 28 * 28
+    num_threads: int = 1
