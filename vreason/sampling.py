@@ -1,0 +1,62 @@
+"""Choosing the next token: greedy, or sampling with temperature → top-k → top-p → min-p.
+
+The filters follow transformers' logits warpers exactly (same order as `generate` applies them,
+same tie and boundary rules, `min_tokens_to_keep=1`), and the logits are first copied to
+float32 as `generate` does, so that `mode="off"` reproduces `model.generate` token for token.
+Sampling draws from a `torch.Generator` seeded per sample from `DecodeConfig.seed`: a sample's
+tokens do not depend on what ran before it (another sample, another process's RNG use).
+"""
+from __future__ import annotations
+
+import torch
+
+from vreason.config import DecodeConfig
+
+__all__ = ["TokenSampler", "filter_logits"]
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+) -> torch.Tensor:
+    """Apply temperature, top-k, top-p and min-p to `[batch, vocab]` scores; removed entries
+    become `-inf`. A filter at its neutral value (1.0, 0, 1.0, 0.0) is skipped, as in `generate`."""
+    scores = logits
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k > 0:
+        k = min(top_k, scores.size(-1))
+        kth_best = torch.topk(scores, k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth_best, -float("inf"))
+    if top_p < 1.0:
+        sorted_scores, sorted_idx = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        sorted_remove = cumulative <= (1 - top_p)
+        sorted_remove[..., -1:] = False  # the most likely token always survives
+        remove = sorted_remove.scatter(-1, sorted_idx, sorted_remove)
+        scores = scores.masked_fill(remove, -float("inf"))
+    if min_p > 0.0:
+        probs = torch.softmax(scores, dim=-1)
+        remove = probs < min_p * probs.amax(dim=-1, keepdim=True)
+        remove.scatter_(-1, torch.topk(probs, 1, dim=-1).indices, False)
+        scores = scores.masked_fill(remove, -float("inf"))
+    return scores
+
+
+class TokenSampler:
+    """`sampler(logits[batch, vocab]) -> LongTensor[batch]`; one instance per sample."""
+
+    def __init__(self, decode: DecodeConfig, device: torch.device | str = "cpu") -> None:
+        self.decode = decode
+        self.generator: torch.Generator | None = None
+        if decode.do_sample:
+            self.generator = torch.Generator(device=torch.device(device))
+            self.generator.manual_seed(int(decode.seed))
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        scores = logits.to(dtype=torch.float32, copy=True)
+        if not self.decode.do_sample:
+            return torch.argmax(scores, dim=-1)
+        d = self.decode
+        scores = filter_logits(scores, d.temperature, d.top_k, d.top_p, d.min_p)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(-1)
