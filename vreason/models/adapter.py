@@ -1,0 +1,111 @@
+"""What the generator needs from a model, and nothing more.
+
+The generator (prefill, Lite, the decode loop, the controller) is written against this
+interface; one implementation per architecture family holds every model-specific detail
+(layer names, special token ids, position ids, how the last layer's attention is laid out).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["DecoderAdapter", "LayerInput", "Prefill", "adapter_for"]
+
+
+@dataclass
+class LayerInput:
+    """The last decoder layer's input at the current (last) position, captured by a hook:
+    the residual stream `[1, 1, hidden]` and the rotary `(cos, sin)` `[1, 1, head_dim]`."""
+
+    hidden: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+@dataclass
+class Prefill:
+    """The result of the prompt's forward pass."""
+
+    logits: torch.Tensor  # [1, vocab], model dtype: the distribution of the first new token
+    cache: object  # the model's KV cache
+    next_position_ids: torch.Tensor  # [P, 1, 1]: positions of the first generated token
+    video_positions: torch.Tensor  # 1-D int64, indices of video tokens in the prompt
+
+
+class DecoderAdapter(ABC):
+    """A causal vision-language decoder seen as: prefill, one-token decode steps, a KV cache of
+    `[batch, kv_heads, seq, head_dim]` tensors per layer, and the last decoder layer split into the
+    parts the exact one-token gradient needs (METHOD.md §3)."""
+
+    model: torch.nn.Module
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @abstractmethod
+    def prepare_inputs(self, inputs: dict) -> dict:
+        """Check the processor outputs (batch 1, video present, grids consistent, known keys) and
+        move them to the model's device; raise ValueError with a one-line reason otherwise."""
+
+    @abstractmethod
+    def prefill(self, inputs: dict) -> Prefill:
+        """Run the prompt, keeping the cache; logits only for the last position."""
+
+    @abstractmethod
+    def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor) -> torch.Tensor:
+        """Feed one token `[1, 1]` at `position_ids`; return its next-token logits `[1, vocab]`."""
+
+    @abstractmethod
+    def cache_kv(self, cache: object, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) of one layer, `[1, kv_heads, seq, head_dim]`, the cache's own tensors."""
+
+    @abstractmethod
+    def set_cache_kv(self, cache: object, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Replace one layer's cached keys and values (Lite pruning)."""
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int: ...
+
+    @abstractmethod
+    def capture_last_layer_input(self, sink: dict) -> object:
+        """Install a hook that stores the last layer's `LayerInput` at the last position into
+        `sink["input"]` on every forward; return a handle with `.remove()`."""
+
+    @abstractmethod
+    def query(self, layer_input: LayerInput) -> torch.Tensor:
+        """The last layer's rotated, scaled query of the current token, float32
+        `[1, kv_heads, groups, head_dim]` (query head h = kv_head·groups + group)."""
+
+    @abstractmethod
+    def tail(self, layer_input: LayerInput, attn: torch.Tensor) -> torch.Tensor:
+        """From the last layer's attention output (before `o_proj`) `[1, 1, heads·head_dim]` to the
+        final-norm hidden state `[1, 1, hidden]`: o_proj, residual, MLP block, final norm."""
+
+    @abstractmethod
+    def lm_head_weight(self) -> torch.Tensor:
+        """`[vocab, hidden]`: logits are `hidden @ weightᵀ` (no bias)."""
+
+
+def adapter_for(model: torch.nn.Module) -> DecoderAdapter:
+    """The adapter of a loaded model, chosen from its class and config."""
+    from vreason.models.qwen2_5_vl import QwenVLAdapter
+
+    if QwenVLAdapter.supports(model):
+        return QwenVLAdapter(model)
+    raise ValueError(
+        f"unsupported model {type(model).__name__}: V-Reason supports Qwen2_5_VLForConditionalGeneration "
+        "and Qwen2VLForConditionalGeneration"
+    )
