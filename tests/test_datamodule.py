@@ -1,0 +1,138 @@
+"""`BenchmarkDataModule` with the tiny model's real processor: processor-ready items whose video
+grid, video tokens and temporal spacing agree with the decoded frames; broken samples become
+items with a one-line error (a corrupted mp4 included); nothing raises."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vreason.data.datamodule import BenchmarkDataModule, collate_items
+from vreason.data.synthetic import write_synthetic_benchmark
+from vreason.data.video import load_video
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from vreason.models.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0))
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Synthetic samples plus every kind of broken entry, in one protocol file."""
+    root = tmp_path_factory.mktemp("bench")
+    synth = write_synthetic_benchmark(root, n=4, seed=1, with_errors=True)  # + missing, truncated, undecodable
+    entries = json.loads(synth.read_text())
+    base = dict(entries[0])
+    entries += [
+        {**base, "path": "../escape.mp4"},
+        {k: v for k, v in base.items() if k != "solution"},
+        {**base, "problem_type": "essay"},
+    ]
+    path = root / "eval_Mixed.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def all_items(dm):
+    return [item for batch in dm.predict_dataloader() for item in batch]
+
+
+def test_items_are_processor_ready_and_agree_with_frames(tiny, mixed):
+    from transformers import AutoConfig, AutoTokenizer
+
+    dm = BenchmarkDataModule(files=[str(mixed)], model_path=tiny, num_frames=16)
+    items = all_items(dm)
+    assert [it["sample"].key for it in items] == [f"Mixed/{i}" for i in range(10)]
+    video_token = AutoConfig.from_pretrained(tiny).video_token_id
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    for item in items[:4]:
+        assert item["error"] is None
+        inputs, meta, sample = item["inputs"], item["meta"], item["sample"]
+        assert {"input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts",
+                "mm_token_type_ids"} <= set(inputs)
+        assert inputs["input_ids"].shape[0] == 1
+        frames, _ = load_video(sample.media_path, num_frames=16)
+        t, h, w = inputs["video_grid_thw"][0].tolist()
+        assert (t, h, w) == (frames.shape[0] // 2, frames.shape[2] // 14, frames.shape[3] // 14) == (8, 8, 8)
+        is_video = inputs["input_ids"][0] == video_token
+        assert int(is_video.sum()) == t * h * w // 4  # 2x2 spatial merge
+        assert torch.equal(inputs["mm_token_type_ids"][0] == 2, is_video)
+        assert inputs["pixel_values_videos"].shape == (t * h * w, 3 * 2 * 14 * 14)
+        # 16 of 24 frames at 8 fps: frames 1/(16/24*8) s apart, two per temporal patch.
+        assert meta["sampled_fps"] == pytest.approx(16 / 24 * 8)
+        assert float(inputs["second_per_grid_ts"][0]) == pytest.approx(2 / (16 / 24 * 8))
+        # The first patch is frames 0-1, rows and columns 0-13, normalized: no re-sampling, no resize.
+        patch = frames[0:2, :, :14, :14].float().div(255).permute(1, 0, 2, 3)
+        patch = (patch - CLIP_MEAN[:, None, None, None]) / CLIP_STD[:, None, None, None]
+        assert torch.allclose(inputs["pixel_values_videos"][0], patch.reshape(-1), atol=1e-5)
+        text = tokenizer.decode(inputs["input_ids"][0])
+        assert sample.question in text and text.endswith("<|im_start|>assistant\n")
+    errors = {it["sample"].entry.get("kind", it["sample"].index): it["error"] for it in items[4:]}
+    assert all(it["inputs"] is None for it in items[4:])
+    assert errors["missing video"].startswith("media not found")
+    assert errors["truncated video"].startswith("cannot open video")
+    assert errors["undecodable video"].startswith("cannot decode frames")
+    assert [it["error"].split(" ")[0] for it in items[7:]] == ["media", "missing", "unknown"]
+    assert "escapes the media root" in items[7]["error"]
+    assert all("\n" not in it["error"] for it in items[4:])
+
+
+def test_exclude_keys_drop_samples_before_loading(tiny, mixed):
+    dm = BenchmarkDataModule(files=[str(mixed)], model_path=tiny)
+    dm.exclude_keys = {"Mixed/0", "Mixed/2", "Mixed/5"}
+    keys = [it["sample"].key for it in all_items(dm)]
+    assert keys == [f"Mixed/{i}" for i in (1, 3, 4, 6, 7, 8, 9)]
+    assert len(dm.samples) == 10
+
+
+def test_two_workers_give_the_same_items_in_order(tiny, mixed):
+    one = all_items(BenchmarkDataModule(files=[str(mixed)], model_path=tiny, num_workers=0, batch_size=3))
+    two = all_items(BenchmarkDataModule(files=[str(mixed)], model_path=tiny, num_workers=2, batch_size=3))
+    assert [a["sample"].key for a in one] == [b["sample"].key for b in two]
+    for a, b in zip(one, two):
+        assert a["error"] == b["error"]
+        if a["inputs"] is not None:
+            assert all(torch.equal(a["inputs"][k], b["inputs"][k]) for k in a["inputs"])
+
+
+def test_fps_sampling_wins_over_num_frames(tiny, mixed):
+    dm = BenchmarkDataModule(files=[str(mixed)], model_path=tiny, num_frames=16, fps=4.0, max_pixels=56 * 56)
+    item = dm.predict_dataset()[0]
+    # 24 frames at 8 fps = 3 s; 4 fps -> 12 frames, 0.5 s per temporal patch; 112 px -> 56 px.
+    assert item["inputs"]["video_grid_thw"][0].tolist() == [6, 4, 4]
+    assert float(item["inputs"]["second_per_grid_ts"][0]) == pytest.approx(0.5)
+
+
+def test_several_files_in_order_and_image_samples(tiny, mixed, tmp_path):
+    from PIL import Image
+
+    image = np.zeros((60, 100, 3), dtype=np.uint8)
+    image[:, 50:] = 255
+    Image.fromarray(image).save(tmp_path / "pic.png")
+    entry = {"problem": "Which half is white?", "problem_type": "multiple choice", "options": ["A. left", "B. right"],
+             "solution": "<answer>B</answer>", "data_type": "image", "path": "pic.png"}
+    (tmp_path / "eval_Pics.json").write_text(json.dumps([entry]))
+    dm = BenchmarkDataModule(files=[str(tmp_path / "eval_Pics.json"), str(mixed)], model_path=tiny)
+    items = all_items(dm)
+    assert [it["sample"].benchmark for it in items] == ["Pics"] + ["Mixed"] * 10
+    first = items[0]
+    assert first["error"] is None and "pixel_values" in first["inputs"]
+    assert first["inputs"]["image_grid_thw"][0].tolist() == [1, 4, 8]  # 60x100 -> 56x112 (sides rounded to multiples of 28)
+    assert collate_items([first]) == [first]
+
+
+def test_configuration_errors(tiny, mixed):
+    with pytest.raises(ValueError, match="both give benchmark name"):
+        BenchmarkDataModule(files=[str(mixed), str(mixed)], model_path=tiny).samples
+    with pytest.raises(ValueError, match="model_path"):
+        BenchmarkDataModule(files=[str(mixed)]).predict_dataloader()
+    with pytest.raises(ValueError, match="at least one"):
+        BenchmarkDataModule(files=[])
