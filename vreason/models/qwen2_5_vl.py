@@ -47,10 +47,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class QwenVLAdapter(DecoderAdapter):
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
-        return type(model).__name__ in _MODEL_CLASSES or getattr(model.config, "model_type", None) in (
-            "qwen2_5_vl",
-            "qwen2_vl",
-        )
+        config = getattr(model, "config", None)
+        return type(model).__name__ in _MODEL_CLASSES or getattr(config, "model_type", None) in ("qwen2_5_vl", "qwen2_vl")
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model

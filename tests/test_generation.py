@@ -1,0 +1,162 @@
+"""VReasonGenerator end to end on tiny checkpoints loaded through the real path: `off` equals
+transformers' `generate`, stopping, traces, ΔV freshness, and clear errors on bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vreason
+from vreason import ControllerConfig, DecodeConfig, VReasonGenerator, ops
+from vreason.models.tiny import build_tiny_model
+
+CONFIGS = {
+    "default": dict(seed=0),
+    "gqa4-3layers": dict(seed=5, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1),
+    "wide": dict(seed=9, hidden_size=128, num_attention_heads=8, num_key_value_heads=4, intermediate_size=256),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    out = {}
+    for name, cfg in CONFIGS.items():
+        path = build_tiny_model(tmp_path_factory.mktemp(name), **cfg)
+        out[name] = vreason.load_model(path, device="cpu")
+    return out
+
+
+def video_inputs(processor, seed=0, frames=4, side=112, question="Which direction does the square move?"):
+    video = torch.randint(0, 256, (frames, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return dict(processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("video_seed", [0, 1])
+def test_off_is_token_identical_to_generate(models, name, video_seed):
+    model, processor = models[name]
+    inputs = video_inputs(processor, seed=video_seed, frames=4 + 2 * video_seed)
+    expected = model.generate(**inputs, do_sample=False, max_new_tokens=16)
+    res = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=16)).generate(**inputs)
+    assert torch.equal(res.sequences, expected)
+    assert res.prompt_length == inputs["input_ids"].shape[1] and res.num_new_tokens == 16
+    assert not res.updated.any() and torch.equal(res.entropy, res.entropy_after)
+
+
+def test_off_logits_are_bit_identical_to_generate(models):
+    model, processor = models["default"]
+    inputs = video_inputs(processor)
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=6, return_dict_in_generate=True, output_logits=True)
+    res = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=6)).generate(**inputs)
+    # The traced entropy is the entropy of generate's own logits, bit for bit.
+    expected = torch.stack([ops.entropy(l.float())[0] for l in out.logits])
+    assert torch.equal(res.entropy, expected)
+
+
+def test_off_sampling_matches_generate_with_the_same_seed(models):
+    model, processor = models["wide"]
+    inputs = video_inputs(processor, seed=3)
+    decode = DecodeConfig(max_new_tokens=12, do_sample=True, temperature=0.7, top_k=50, top_p=0.9, min_p=0.01, seed=42)
+    torch.manual_seed(decode.seed)
+    expected = model.generate(**inputs, max_new_tokens=12, do_sample=True, temperature=0.7, top_k=50, top_p=0.9, min_p=0.01)
+    res = VReasonGenerator(model, ControllerConfig(mode="off"), decode).generate(**inputs)
+    assert torch.equal(res.sequences, expected)
+
+
+def test_stops_at_any_generation_config_eos_and_keeps_it(models):
+    model, processor = models["default"]
+    inputs = video_inputs(processor)
+    free = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=10)).generate(**inputs)
+    new = free.sequences[0, free.prompt_length:].tolist()
+    stop_token = new[3]
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [saved[0], stop_token]
+    try:
+        expected = model.generate(**inputs, do_sample=False, max_new_tokens=10)
+        res = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=10)).generate(**inputs)
+    finally:
+        model.generation_config.eos_token_id = saved
+    first = new.index(stop_token)
+    assert res.stop_reason == "eos" and res.num_new_tokens == first + 1
+    assert res.sequences[0, -1].item() == stop_token
+    assert torch.equal(res.sequences, expected)
+    assert free.stop_reason == "max_new_tokens"
+
+
+def test_result_traces(models):
+    model, processor = models["default"]
+    res = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=3, lr=0.05), DecodeConfig(max_new_tokens=7)).generate(
+        **video_inputs(processor))
+    n = res.num_new_tokens
+    assert res.sequences.shape == (1, res.prompt_length + n) and res.sequences.device.type == "cpu"
+    for trace in (res.entropy, res.entropy_after, res.ema, res.alpha, res.updated):
+        assert trace.shape == (n,) and trace.device.type == "cpu"
+    assert res.entropy.dtype == res.ema.dtype == torch.float32 and res.updated.dtype == torch.bool
+    assert res.updated.tolist() == [k % 3 == 0 for k in range(n)]
+    assert set(res.alpha.tolist()) <= {-1, 1}
+    assert torch.equal(res.entropy_after[~res.updated], res.entropy[~res.updated])
+    assert not torch.equal(res.entropy_after[res.updated], res.entropy[res.updated])
+    # The EMA and α are the switch rule applied to the traced entropies.
+    from vreason.switching import switch_trace
+
+    ema, _, alpha = switch_trace(res.entropy, "switch", 0.9)
+    assert torch.allclose(res.ema, ema) and res.alpha.tolist() == alpha.to(torch.int8).tolist()
+    n_video = int((res.sequences == model.config.video_token_id).sum())
+    assert res.num_video_tokens == res.num_video_tokens_kept == n_video and res.skipped_rounds == 0
+
+
+def test_delta_v_is_fresh_per_sample(models):
+    model, processor = models["gqa4-3layers"]
+    inputs = video_inputs(processor, seed=4)
+    gen = VReasonGenerator(model, ControllerConfig(mode="minimize", every_k=1, lr=0.5), DecodeConfig(max_new_tokens=10))
+    first = gen.generate(**inputs)
+    second = gen.generate(**inputs)
+    fresh = VReasonGenerator(model, gen.controller_config, gen.decode_config).generate(**inputs)
+    off = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=10)).generate(**inputs)
+    for other in (second, fresh):
+        assert torch.equal(first.sequences, other.sequences)
+        assert torch.equal(first.entropy, other.entropy) and torch.equal(first.entropy_after, other.entropy_after)
+    assert not torch.equal(first.entropy, off.entropy)  # the controller did act
+
+
+def test_inputs_on_cpu_are_moved_and_keys_checked(models):
+    model, processor = models["default"]
+    inputs = video_inputs(processor)
+    gen = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=2))
+    with pytest.raises(ValueError, match="unexpected input"):
+        gen.generate(**inputs, pixel_mask=torch.ones(1))
+    no_types = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    # Rebuilt from input_ids: M-RoPE positions stay right without the processor's ids.
+    assert torch.equal(gen.generate(**no_types).sequences, gen.generate(**inputs).sequences)
+
+
+def test_bad_inputs_fail_with_clear_errors(models):
+    model, processor = models["default"]
+    inputs = video_inputs(processor)
+    gen = VReasonGenerator(model, ControllerConfig(), DecodeConfig(max_new_tokens=2))
+    text_only = dict(processor(text=["<|im_start|>user\nhello<|im_end|>\n"], return_tensors="pt"))
+    with pytest.raises(ValueError, match="no video tokens"):
+        gen.generate(**text_only)
+    bad_grid = dict(inputs, video_grid_thw=inputs["video_grid_thw"] * torch.tensor([[1, 2, 1]]))
+    with pytest.raises(ValueError, match="video_grid_thw .* implies 64 video tokens but the prompt has 32"):
+        gen.generate(**bad_grid)
+    batch = dict(inputs, input_ids=inputs["input_ids"].repeat(2, 1))
+    with pytest.raises(ValueError, match="batch size 2"):
+        gen.generate(**batch)
+    padded = dict(inputs, attention_mask=inputs["attention_mask"].clone())
+    padded["attention_mask"][0, 0] = 0
+    with pytest.raises(ValueError, match="padding"):
+        gen.generate(**padded)
+    no_pixels = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
+    with pytest.raises(ValueError, match="pixel_values_videos"):
+        gen.generate(**no_pixels)
+    with pytest.raises(ValueError, match="unsupported model"):
+        VReasonGenerator(torch.nn.Linear(2, 2))
+
+
+def test_model_folder_without_weights_fails_clearly(tmp_path):
+    path = build_tiny_model(tmp_path / "m", seed=0)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="no weights"):
+        vreason.load_model(path)
