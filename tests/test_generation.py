@@ -160,3 +160,37 @@ def test_model_folder_without_weights_fails_clearly(tmp_path):
     (path / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="no weights"):
         vreason.load_model(path)
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl(models):
+    """A tiny Qwen2-VL (the older family) sharing the default tiny folder's processor."""
+    from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    processor = models["default"][1]
+    ids = processor.tokenizer.convert_tokens_to_ids
+    cfg = Qwen2VLConfig(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(processor.tokenizer),
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")], do_sample=False)
+    return model, processor
+
+
+def test_qwen2_vl_off_equals_generate_and_the_controller_acts(qwen2_vl):
+    model, processor = qwen2_vl
+    inputs = video_inputs(processor, seed=5)
+    hf_inputs = {k: v for k, v in inputs.items() if k != "second_per_grid_ts"}  # Qwen2-VL has no such input
+    expected = model.generate(**hf_inputs, do_sample=False, max_new_tokens=10)
+    res = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=10)).generate(**inputs)
+    assert torch.equal(res.sequences, expected)
+    up = VReasonGenerator(model, ControllerConfig(mode="maximize", every_k=1, lr=1e-3), DecodeConfig(max_new_tokens=3)).generate(**inputs)
+    assert (up.entropy_after > up.entropy).all()

@@ -1,0 +1,194 @@
+"""Generation benchmark: V-Reason `switch` vs plain decoding (`off`), CPU, side by side.
+
+A random-weight model with Qwen2.5-VL-7B's text shapes (hidden 3584, 28 query / 4 KV heads of
+128, intermediate 18944, vocab 152,064), cut to 4 decoder layers, in bfloat16 (float32 would be
+8 GB of weights), with a tiny vision tower and ~1,000 video tokens, generates 64 new tokens
+(greedy; eos disabled so both runs generate all of them). Each mode runs in its own process so
+peak RSS is measured separately.
+
+Reported per mode: prefill time, time per generated token, the components (one decoder layer,
+lm_head, one optimization round), process peak RSS and the peak RSS of the generate call alone
+(VmHWM reset before it). The 28-layer overhead is extrapolated as
+    (t_rest + 28·t_layer + t_round/every_k) / (t_rest + 28·t_layer),
+with t_rest = t_token(off) − 4·t_layer (embedding, lm_head, final norm, entropy, sampling, loop).
+
+    python experiments/bench/generation.py [--new-tokens 64] [--every-k 2] [--steps 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = dict(
+    hidden_size=3584,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    intermediate_size=18944,
+    vocab_size=152064,
+    num_hidden_layers=4,
+    max_position_embeddings=32768,
+)
+FULL_LAYERS = 28
+# Run as a script from a checkout: make the package importable without installing it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def _vm_hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(args) -> dict:
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
+    from vreason.controller import ValueController
+    from vreason.models.tiny import tiny_config
+
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(args.processor_dir, local_files_only=True)
+    config = tiny_config(processor.tokenizer, **SHAPES)
+    t0 = time.perf_counter()
+    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
+    model.requires_grad_(False)
+    build_s = time.perf_counter() - t0
+    # An id no tokenizer entry uses: the run always generates --new-tokens tokens.
+    model.generation_config.eos_token_id = [SHAPES["vocab_size"] - 1]
+
+    frames = torch.randint(0, 256, (args.frames, 3, args.side, args.side), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which direction does the square move?"}]}]
+    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    inputs = dict(processor(text=[text], videos=[frames], return_tensors="pt", do_sample_frames=False))
+
+    timings: dict[str, list[float]] = {"forward": [], "layer": [], "lm_head": [], "round": []}
+    starts: dict[str, float] = {}
+
+    def timed_hooks(module, key):
+        def pre(*_a, **_k):
+            starts[key] = time.perf_counter()
+
+        def post(*_a, **_k):
+            timings[key].append(time.perf_counter() - starts[key])
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    timed_hooks(model, "forward")
+    for layer in model.model.language_model.layers:
+        timed_hooks(layer, "layer")
+    timed_hooks(model.lm_head, "lm_head")
+    original_round = ValueController.round
+
+    def timed_round(self, *a, **k):
+        t = time.perf_counter()
+        out = original_round(self, *a, **k)
+        timings["round"].append(time.perf_counter() - t)
+        return out
+
+    ValueController.round = timed_round
+
+    controller = ControllerConfig(mode=args.mode, every_k=args.every_k, steps=args.steps)
+    generator = VReasonGenerator(model, controller, DecodeConfig(max_new_tokens=args.new_tokens))
+    rss_before = _rss_mb()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: the peak of generate alone
+    t0 = time.perf_counter()
+    result = generator.generate(**inputs)
+    total = time.perf_counter() - t0
+    n_layers = SHAPES["num_hidden_layers"]
+    prefill = timings["forward"][0]
+    decode_layers = timings["layer"][n_layers:]  # the prefill's layer calls come first
+    return dict(
+        mode=args.mode,
+        build_s=build_s,
+        prefill_s=prefill,
+        new_tokens=result.num_new_tokens,
+        video_tokens=result.num_video_tokens,
+        prompt_tokens=result.prompt_length,
+        t_token=(total - prefill) / result.num_new_tokens,
+        t_layer=sum(decode_layers) / max(1, len(decode_layers)),
+        t_lm_head=sum(timings["lm_head"][1:]) / max(1, len(timings["lm_head"]) - 1),
+        t_round=sum(timings["round"]) / len(timings["round"]) if timings["round"] else 0.0,
+        rounds=len(timings["round"]),
+        skipped=result.skipped_rounds,
+        rss_before_mb=rss_before,
+        peak_generate_mb=_vm_hwm_mb(),
+        peak_process_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--every-k", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--side", type=int, default=448, help="frame side in pixels (448 px: 32x32 patches)")
+    parser.add_argument("--worker", dest="mode", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--processor-dir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode is not None:
+        print(json.dumps(worker(args)))
+        return
+
+    from vreason.models.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Only the processor (tokenizer, chat template, video resizing) is taken from this folder.
+        pixels = args.side * args.side
+        build_tiny_model(Path(tmp) / "proc", seed=0, video_max_pixels=pixels, video_min_pixels=pixels)
+        rows = {}
+        for mode in ("off", "switch"):
+            cmd = [sys.executable, __file__, "--worker", mode, "--processor-dir", str(Path(tmp) / "proc"),
+                   "--new-tokens", str(args.new_tokens), "--every-k", str(args.every_k), "--steps", str(args.steps),
+                   "--frames", str(args.frames), "--side", str(args.side)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    off, sw = rows["off"], rows["switch"]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other jobs), "
+          f"load average {os.getloadavg()[0]:.2f}, torch threads default; bfloat16 weights")
+    print(f"model: Qwen2.5-VL-7B text shapes, {SHAPES['num_hidden_layers']} decoder layers, random weights; "
+          f"prompt {off['prompt_tokens']} tokens of which {off['video_tokens']} video; {off['new_tokens']} new tokens; "
+          f"switch: every_k={args.every_k}, steps={args.steps}")
+    print()
+    print("| mode | prefill s | s/token | t_layer ms | t_lm_head ms | t_round ms | rounds | peak RSS MB (process) | peak RSS MB (generate) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in (off, sw):
+        print(f"| {r['mode']} | {r['prefill_s']:.2f} | {r['t_token']:.4f} | {1e3 * r['t_layer']:.2f} | {1e3 * r['t_lm_head']:.2f} | "
+              f"{1e3 * r['t_round']:.2f} | {r['rounds']} | {r['peak_process_mb']:.0f} | {r['peak_generate_mb']:.0f} |")
+    print()
+    n_layers = SHAPES["num_hidden_layers"]
+    t_layer = off["t_layer"]
+    t_rest = off["t_token"] - n_layers * t_layer
+    base = t_rest + FULL_LAYERS * t_layer
+    ratio = (base + sw["t_round"] / args.every_k) / base
+    mem = sw["peak_process_mb"] / off["peak_process_mb"]
+    mem_gen = sw["peak_generate_mb"] / off["peak_generate_mb"]
+    print(f"peak RSS switch/off: {mem:.4f} (process), {mem_gen:.4f} (generate call)   target <= 1.02")
+    print(f"measured at {n_layers} layers: s/token switch/off = {sw['t_token'] / off['t_token']:.3f}")
+    print(f"28-layer overhead = (t_rest + 28*t_layer + t_round/every_k) / (t_rest + 28*t_layer)")
+    print(f"  = ({1e3 * t_rest:.1f} + 28*{1e3 * t_layer:.2f} + {1e3 * sw['t_round']:.1f}/{args.every_k}) / "
+          f"({1e3 * t_rest:.1f} + 28*{1e3 * t_layer:.2f}) = {ratio:.3f}   target <= 1.15")
+
+
+if __name__ == "__main__":
+    main()
