@@ -186,13 +186,23 @@ def _protocol_scores(aggregated: dict, bench: str) -> dict:
     return {k: row[k] for k in ("mean_acc", "mean_mra") if k in row}
 
 
-def merge_predictions(root: str | Path, run_info: Optional[dict] = None, max_tokens: Optional[int] = None) -> dict:
+def merge_predictions(root: str | Path, run_info: Optional[dict] = None, max_tokens: Optional[int] = None,
+                      live_metrics: Optional[dict] = None) -> dict:
     """Merge every rank file under `root/predictions` into `root/results/eval_<benchmark>.json`,
-    `root/summary.json` and `root/summary.md`; returns the summary (with `records` per benchmark
-    under the private key `_records`, for plotting, not written)."""
+    `root/summary.json` and `root/summary.md`; returns the summary (with the records per benchmark
+    under the private key `_records`, for plotting, not written).
+
+    live_metrics: the run's synced `EvalMetrics.compute()`; the summary then records whether they
+    agree with the files (`live_metrics_agree`): if not, a sample was lost or duplicated.
+    """
     root = Path(root)
     records = read_predictions(root / PREDICTIONS_DIR)
     summary = summarize(records, max_tokens=max_tokens)
+    if live_metrics is not None:
+        disagree = metrics_disagreement(live_metrics, summary)
+        summary["live_metrics_agree"] = not disagree
+        if disagree:
+            log.warning("live metrics and merged predictions disagree for %s", ", ".join(disagree))
     for bench, recs in records.items():
         row = summary["benchmarks"][bench]
         final_acc = {"mean_acc": _protocol_number(row.get("mean_acc")), "mean_mra": _protocol_number(row.get("mean_mra"))}
@@ -203,6 +213,21 @@ def merge_predictions(root: str | Path, run_info: Optional[dict] = None, max_tok
     write_atomic(root / "summary.md", summary_markdown(summary))
     summary["_records"] = records
     return summary
+
+
+def metrics_disagreement(live: dict, summary: dict) -> list[str]:
+    """Benchmarks whose live (synced) metrics and file-based summary differ in count, errors,
+    scores or tokens."""
+    from vreason.metrics import is_close
+
+    out = []
+    for bench, row in summary["benchmarks"].items():
+        other = live["benchmarks"].get(bench)
+        same = other is not None and other["n"] == row["n"] and other["n_errors"] == row["n_errors"]
+        same = same and all(is_close(other[k], row[k], 1e-6) for k in ("mean_acc", "mean_mra", "mean_tokens"))
+        if not same:
+            out.append(bench)
+    return out
 
 
 def _protocol_number(x: Optional[float]) -> float:
@@ -375,7 +400,7 @@ def log_summary_to_tensorboard(experiment, summary: dict, label: str, hparams: O
                        ("latency_s", overall.get("mean_latency_s")), ("errors", overall.get("n_errors"))):
         if value is not None:
             experiment.add_scalar(f"{tag}/overall", float(value), 0)
-    experiment.add_text("summary", summary_markdown({k: v for k, v in summary.items() if k != "_records"}), 0)
+    experiment.add_text("summary", summary_markdown(summary), 0)
     if logger is not None and hparams is not None:
         hp_metrics = {f"hp/{k}": float(v) for k, v in (("score", overall.get("mean_score")), ("tokens", overall.get("mean_tokens")),
                                                         ("latency_s", overall.get("mean_latency_s"))) if v is not None}
@@ -483,7 +508,8 @@ class PredictionWriter(BasePredictionWriter):
             info = run_info(pl_module, trainer.datamodule)
             decode = dict(getattr(pl_module, "hparams", {}) or {}).get("decode")
             max_tokens = getattr(decode, "max_new_tokens", None)
-            self.summary = merge_predictions(self.root(trainer), run_info=info, max_tokens=max_tokens)
+            self.summary = merge_predictions(self.root(trainer), run_info=info, max_tokens=max_tokens,
+                                             live_metrics=self.live_metrics)
             logger = trainer.logger
             experiment = getattr(logger, "experiment", None) if logger is not None else None
             if experiment is not None and hasattr(experiment, "add_scalar"):
