@@ -102,7 +102,11 @@ def test_pruned_run_keeps_the_unpruned_positions(tiny, mode):
     pruned, res = record_decode_positions(
         model,
         lambda: VReasonGenerator(model, ControllerConfig(mode=mode, prune_ratio=0.5), DecodeConfig(max_new_tokens=n)).generate(**inputs))
-    assert len(hf) == len(full) == len(pruned) == n - 1
-    for a, b, c in zip(hf, full, pruned):
+    # Lite first runs the last prompt token again over the pruned cache, at its own position.
+    assert len(hf) == len(full) == n - 1 and len(pruned) == n
+    adapter = adapter_for(model)
+    prompt_positions = adapter._prompt_position_ids(adapter.prepare_inputs(inputs))
+    assert torch.equal(pruned[0], prompt_positions[..., -1:])
+    for a, b, c in zip(hf, full, pruned[1:]):
         assert a.shape == (4, 1, 1) and torch.equal(a, b) and torch.equal(b, c)
     assert res.num_video_tokens == res_full.num_video_tokens == 32 and res.num_video_tokens_kept == 16

@@ -1,6 +1,9 @@
 """`VReasonGenerator`: prefill, Lite pruning, and the decode loop with entropy switching and the
 test-time controller (METHOD.md §2; DESIGN.md "Public API").
 
+With Lite (`prune_ratio` > 0) the cache is pruned right after prefill and the last prompt token
+is run again over the pruned cache (`pruning.py`), so every new token sees the pruned cache.
+
 Per generated token k (k = 0 is the token after the prompt):
 1. `H_k = ops.entropy(z_k)` of the model's logits; EMA, running peak and α (`switching.py`).
 2. If the controller is on and `k % every_k == 0` (**ours**: rounds at k = 0, every_k, 2·every_k,
@@ -23,7 +26,7 @@ from vreason import ops
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.controller import ValueController
 from vreason.models.adapter import adapter_for
-from vreason.pruning import prune_video_tokens
+from vreason.pruning import num_pruned, prune_video_tokens, rerun_last_prompt_token
 from vreason.sampling import TokenSampler
 from vreason.switching import EntropySwitch
 
@@ -89,8 +92,10 @@ class VReasonGenerator:
             cache = prefill.cache
             n_video = int(prefill.video_positions.numel())
             video_index = prefill.video_positions
-            if cfg.prune_ratio > 0:
+            logits = prefill.logits
+            if num_pruned(n_video, cfg.prune_ratio) > 0:
                 video_index = prune_video_tokens(adapter, cache, prefill.video_positions, cfg.prune_ratio)[-1]
+                logits = rerun_last_prompt_token(adapter, cache, prompt, prefill.next_position_ids - 1)
             controller = ValueController(adapter, cfg, cache, video_index) if control else None
             switch = EntropySwitch(cfg.mode, cfg.ema_beta, device)
             sampler = TokenSampler(dcfg, device)
@@ -104,7 +109,6 @@ class VReasonGenerator:
             updated = torch.zeros(max_new, dtype=torch.bool, device=device)
             eos = set(adapter.eos_token_ids)
 
-            logits = prefill.logits
             next_positions = prefill.next_position_ids
             stop_reason = "max_new_tokens"
             num_new = 0

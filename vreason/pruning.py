@@ -8,6 +8,11 @@ no layer ever loses all its video tokens). Ties are broken towards keeping the e
 same length. Nothing is renumbered: later tokens keep the positions of the unpruned sequence
 (the generator passes them explicitly), and the attention mask, all ones at batch size 1, is
 implied by the shorter cache.
+
+The first new token (**ours**): the prefill's logits saw the unpruned cache, so after pruning the
+last prompt token is run once more over the pruned cache (`rerun_last_prompt_token`). Every
+generated token, and every controller round (whose exact gradient assumes the current logits
+come from the current cache), then sees the same pruned cache; it costs one one-token forward.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import torch
 
 from vreason.models.adapter import DecoderAdapter
 
-__all__ = ["prune_video_tokens", "num_pruned"]
+__all__ = ["prune_video_tokens", "num_pruned", "rerun_last_prompt_token"]
 
 
 def num_pruned(n_video: int, ratio: float) -> int:
@@ -53,3 +58,14 @@ def prune_video_tokens(
         new_index = torch.cumsum(keep, 0) - 1
         kept_video_index.append(new_index[video_positions[keep_video]])
     return kept_video_index
+
+
+def rerun_last_prompt_token(
+    adapter: DecoderAdapter, cache, input_ids: torch.Tensor, last_position_ids: torch.Tensor
+) -> torch.Tensor:
+    """Drop the last prompt token's entries from every layer and feed it again at its own
+    position over the (pruned) cache; return its next-token logits `[1, vocab]`."""
+    for layer in range(adapter.num_layers):
+        keys, values = adapter.cache_kv(cache, layer)
+        adapter.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
+    return adapter.decode_step(input_ids[:, -1:], cache, last_position_ids)
