@@ -64,6 +64,15 @@ def test_off_sampling_matches_generate_with_the_same_seed(models):
     assert torch.equal(res.sequences, expected)
 
 
+def test_seed_override_per_sample(models):
+    model, processor = models["default"]
+    inputs = video_inputs(processor, seed=3)
+    gen = VReasonGenerator(model, ControllerConfig(mode="switch"), DecodeConfig(max_new_tokens=12, do_sample=True, seed=1))
+    by_config = gen.generate(**inputs)
+    assert torch.equal(gen.generate(seed=1, **inputs).sequences, by_config.sequences)
+    assert not torch.equal(gen.generate(seed=2, **inputs).sequences, by_config.sequences)
+
+
 def test_stops_at_any_generation_config_eos_and_keeps_it(models):
     model, processor = models["default"]
     inputs = video_inputs(processor)

@@ -18,6 +18,7 @@ as in transformers' `generate`. Traces are returned as CPU tensors.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -77,9 +78,16 @@ class VReasonGenerator:
         model.requires_grad_(False)
 
     @torch.no_grad()
-    def generate(self, **inputs) -> GenerationResult:
+    def generate(self, seed: int | None = None, **inputs) -> GenerationResult:
+        """Generate for one sample given the processor's outputs as keywords.
+
+        seed: overrides `DecodeConfig.seed` for this sample's sampling generator (e.g. a
+        per-sample seed); unused with greedy decoding.
+        """
         adapter = self.adapter
         cfg, dcfg = self.controller_config, self.decode_config
+        if seed is not None:
+            dcfg = dataclasses.replace(dcfg, seed=int(seed))
         inputs = adapter.prepare_inputs(inputs)
         prompt = inputs["input_ids"]
         device = prompt.device
