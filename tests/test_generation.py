@@ -140,6 +140,22 @@ def test_inputs_on_cpu_are_moved_and_keys_checked(models):
     assert torch.equal(gen.generate(**no_types).sequences, gen.generate(**inputs).sequences)
 
 
+def test_image_only_prompt_controls_the_image_tokens(models):
+    model, processor = models["default"]
+    image = torch.randint(0, 256, (3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the circle?"}]}]
+    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    inputs = dict(processor(text=[text], images=[image], return_tensors="pt"))
+    expected = model.generate(**inputs, do_sample=False, max_new_tokens=8)
+    off = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=8)).generate(**inputs)
+    assert torch.equal(off.sequences, expected)
+    res = VReasonGenerator(model, ControllerConfig(mode="maximize", every_k=1, lr=1e-2, prune_ratio=0.5),
+                           DecodeConfig(max_new_tokens=3)).generate(**inputs)
+    n_image = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert res.num_video_tokens == n_image and res.num_video_tokens_kept == n_image - n_image // 2
+    assert (res.entropy_after > res.entropy).all()
+
+
 def test_bad_inputs_fail_with_clear_errors(models):
     model, processor = models["default"]
     inputs = video_inputs(processor)

@@ -31,7 +31,7 @@ class Prefill:
     logits: torch.Tensor  # [1, vocab], model dtype: the distribution of the first new token
     cache: object  # the model's KV cache
     next_position_ids: torch.Tensor  # [P, 1, 1]: positions of the first generated token
-    video_positions: torch.Tensor  # 1-D int64, indices of video tokens in the prompt
+    video_positions: torch.Tensor  # 1-D int64, prompt indices of the video (else image) tokens
 
 
 class DecoderAdapter(ABC):

@@ -13,6 +13,10 @@ never rebuilds positions from the attention mask or the cache length: this is wh
 `mode="off"` bit-identical to `generate`, and after Lite pruning (a shorter cache) it is the only
 correct source of positions. The attention mask is not passed (batch 1 without padding: it is
 all ones, and `generate` drops an all-ones mask as well).
+
+Visual tokens (**ours**): ΔV and Lite act on the video tokens; a prompt with images but no
+video (benchmarks hold a few image samples) uses its image tokens instead, so such samples run
+the same method rather than failing. A prompt with neither is refused.
 """
 from __future__ import annotations
 
@@ -101,34 +105,36 @@ class QwenVLAdapter(DecoderAdapter):
             raise ValueError("attention_mask must be all ones over input_ids (padding is not supported at batch size 1)")
 
         is_video = input_ids == self.video_token_id
-        n_video = int(is_video.sum())
-        if n_video == 0:
+        is_image = input_ids == self.image_token_id
+        n_video, n_image = int(is_video.sum()), int(is_image.sum())
+        if n_video == 0 and n_image == 0:
             raise ValueError(
-                f"the prompt has no video tokens (<|video_pad|>, id {self.video_token_id}): V-Reason needs a video in the prompt"
+                f"the prompt has no video tokens (<|video_pad|>, id {self.video_token_id}) and no image tokens: "
+                "V-Reason needs a video (or an image) in the prompt"
             )
-        grid = inputs.get("video_grid_thw")
-        if grid is None or "pixel_values_videos" not in inputs:
-            raise ValueError("the prompt has video tokens but pixel_values_videos / video_grid_thw are missing")
-        grid = torch.as_tensor(grid)
-        if grid.ndim != 2 or grid.shape[-1] != 3:
-            raise ValueError(f"video_grid_thw must be [num_videos, 3], got shape {tuple(grid.shape)}")
-        expected = int((grid.prod(-1) // self.spatial_merge**2).sum())
-        if expected != n_video:
-            raise ValueError(
-                f"video_grid_thw {grid.tolist()} implies {expected} video tokens but the prompt has {n_video}"
-            )
-        patches = int(grid.prod(-1).sum())
-        if inputs["pixel_values_videos"].shape[0] != patches:
-            raise ValueError(
-                f"pixel_values_videos has {inputs['pixel_values_videos'].shape[0]} patches but video_grid_thw implies {patches}"
-            )
-        if int((input_ids == self.image_token_id).sum()) and "image_grid_thw" not in inputs:
-            raise ValueError("the prompt has image tokens but pixel_values / image_grid_thw are missing")
+        for kind, count, pixels_key, grid_key in (
+            ("video", n_video, "pixel_values_videos", "video_grid_thw"),
+            ("image", n_image, "pixel_values", "image_grid_thw"),
+        ):
+            if count == 0:
+                continue
+            grid = inputs.get(grid_key)
+            if grid is None or pixels_key not in inputs:
+                raise ValueError(f"the prompt has {kind} tokens but {pixels_key} / {grid_key} are missing")
+            grid = torch.as_tensor(grid)
+            if grid.ndim != 2 or grid.shape[-1] != 3:
+                raise ValueError(f"{grid_key} must be [num_{kind}s, 3], got shape {tuple(grid.shape)}")
+            expected = int((grid.prod(-1) // self.spatial_merge**2).sum())
+            if expected != count:
+                raise ValueError(f"{grid_key} {grid.tolist()} implies {expected} {kind} tokens but the prompt has {count}")
+            patches = int(grid.prod(-1).sum())
+            if inputs[pixels_key].shape[0] != patches:
+                raise ValueError(f"{pixels_key} has {inputs[pixels_key].shape[0]} patches but {grid_key} implies {patches}")
 
         # Without mm_token_type_ids the model silently gives video tokens text positions; the
         # processor's own ids are checked, missing ones are rebuilt from input_ids.
         types = torch.zeros_like(input_ids)
-        types[input_ids == self.image_token_id] = _IMAGE_TYPE
+        types[is_image] = _IMAGE_TYPE
         types[is_video] = _VIDEO_TYPE
         given = inputs.get("mm_token_type_ids")
         if given is not None and not torch.equal(torch.as_tensor(given).to(types.device).long(), types):
@@ -168,7 +174,11 @@ class QwenVLAdapter(DecoderAdapter):
             return_dict=True,
             **kwargs,
         )
-        video_positions = torch.nonzero(input_ids[0] == self.video_token_id).squeeze(-1)
+        # The controller's tokens: the video's, or for an image-only prompt the image's (ours).
+        visual = input_ids[0] == self.video_token_id
+        if not bool(visual.any()):
+            visual = input_ids[0] == self.image_token_id
+        video_positions = torch.nonzero(visual).squeeze(-1)
         return Prefill(
             logits=out.logits[:, -1],
             cache=out.past_key_values,
