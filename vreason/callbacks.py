@@ -524,17 +524,33 @@ class PredictionWriter(BasePredictionWriter):
         self._close()
 
 
+def _plain(value: Any) -> Any:
+    """Dataclasses and namespaces as plain dicts: LightningCLI stores init args as dicts, direct
+    construction keeps the dataclasses, and both must compare and print alike."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def module_settings(pl_module) -> dict:
+    """The module's model path, dtype, controller and decoding settings as plain values."""
+    hp = dict(getattr(pl_module, "hparams", {}) or {})
+    out: dict[str, Any] = {}
+    for key in ("model_path", "dtype", "controller", "decode"):
+        value = getattr(pl_module, key, None) if key != "dtype" else getattr(pl_module, "dtype_name", None)
+        value = hp.get(key) if value is None else value
+        if value is not None:
+            out[key] = str(value) if key in ("model_path", "dtype") else _plain(value)
+    return out
+
+
 def run_config(pl_module, datamodule) -> dict:
     """What determines the predictions (not where they go, not how fast): a resume must match it."""
-    hp = dict(getattr(pl_module, "hparams", {}) or {})
-    cfg: dict[str, Any] = {}
-    for key in ("model_path", "dtype"):
-        if key in hp:
-            cfg[key] = str(hp[key])
-    for key in ("controller", "decode"):
-        if key in hp:
-            value = hp[key]
-            cfg[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    cfg: dict[str, Any] = module_settings(pl_module)
     data: dict[str, Any] = {}
     for key in ("num_frames", "fps", "max_pixels", "min_pixels", "template"):
         if datamodule is not None and hasattr(datamodule, key):
@@ -546,18 +562,14 @@ def run_config(pl_module, datamodule) -> dict:
 
 def run_info(pl_module, datamodule=None) -> dict:
     """The header of summary.json: which model and settings produced it."""
-    hp = dict(getattr(pl_module, "hparams", {}) or {})
-    controller = hp.get("controller")
-    mode = getattr(controller, "mode", None)
-    prune = getattr(controller, "prune_ratio", 0.0) or 0.0
+    settings = module_settings(pl_module)
+    controller = settings.get("controller") or {}
+    mode = controller.get("mode")
+    prune = controller.get("prune_ratio") or 0.0
     label = f"{mode}+lite{prune:g}" if mode and mode != "off" and prune > 0 else (mode or "run")
-    model = Path(str(hp.get("model_path", ""))).name or None
-    info = {"model": model, "model_path": str(hp.get("model_path")) if hp.get("model_path") else None,
-            "mode": mode, "label": label}
-    for key in ("controller", "decode"):
-        if key in hp:
-            value = hp[key]
-            info[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    model = Path(settings.get("model_path", "")).name or None
+    info = {"model": model, "model_path": settings.get("model_path"), "mode": mode, "label": label,
+            "controller": controller, "decode": settings.get("decode")}
     if datamodule is not None:
         info["data"] = run_config(pl_module, datamodule)["data"]
     info["title"] = f"{model or 'model'} · {label}"
@@ -582,7 +594,7 @@ def flat_hparams(pl_module) -> dict:
         else:
             out[prefix] = str(value)
 
-    walk("", dict(getattr(pl_module, "hparams", {}) or {}))
+    walk("", {**{k: _plain(v) for k, v in dict(getattr(pl_module, "hparams", {}) or {}).items()}, **module_settings(pl_module)})
     return out
 
 

@@ -1,0 +1,119 @@
+"""The `vreason` command: one-line errors for bad inputs, exit 0 with counted error samples, demo."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch  # noqa: F401  (its log handler binds stderr now, not a test's captured stream)
+import pytest
+
+from vreason.cli import main
+from vreason.data.synthetic import write_synthetic_benchmark
+from vreason.models.tiny import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    build_tiny_model(root / "model")
+    bench = write_synthetic_benchmark(root / "data", n=2, seed=2, num_frames=8, with_errors=True)
+    return {"model": str(root / "model"), "bench": str(bench), "n": len(json.loads(bench.read_text()))}
+
+
+def small(assets, root, *extra):
+    return ["predict", "--model.model_path", assets["model"], "--data.files", f"[{assets['bench']}]",
+            "--data.num_frames", "4", "--data.max_pixels", str(64 * 28 * 28), "--model.decode.max_new_tokens", "8",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(root), *extra]
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("vreason")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--model.controller.bogus", "1"], "unrecognized arguments: --model.controller.bogus"),
+    (["--model.controller.mode", "sideways"], "model.controller.mode"),
+    (["--model.controller.every_k", "0"], "controller.every_k must be >= 1"),
+    (["--model.decode.top_p", "lots"], "model.decode.top_p"),
+])
+def test_bad_config_values_exit_2_with_one_line(assets, tmp_path, capsys, extra, expected):
+    assert main(small(assets, tmp_path, *extra)) == 2
+    line = error_line(capsys)
+    assert line.startswith("vreason predict: error:") and expected in line
+    assert not (tmp_path / "predictions").exists()
+
+
+def test_bad_key_in_a_yaml_config_exits_2(assets, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  controller:\n    mode: switch\n    sped: 3\n")
+    assert main(["predict", "-c", str(config), *small(assets, tmp_path)[1:]]) == 2
+    assert "sped" in error_line(capsys)
+
+
+def test_missing_model_folder_exits_1_with_one_line(assets, tmp_path, capsys):
+    args = small(assets, tmp_path)
+    args[args.index(assets["model"])] = str(tmp_path / "no-such-model")
+    assert main(args) == 1
+    assert error_line(capsys) == f"vreason predict: error: model folder not found: {tmp_path / 'no-such-model'}"
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"a": 1}'])
+def test_unreadable_benchmark_file_exits_1_with_one_line(assets, tmp_path, capsys, content):
+    bench = tmp_path / "eval_Broken.json"
+    if content is not None:
+        bench.write_text(content)
+    args = small(assets, tmp_path / "out")
+    args[args.index(f"[{assets['bench']}]")] = f"[{bench}]"
+    assert main(args) == 1
+    line = error_line(capsys)
+    assert str(bench) in line and line.startswith("vreason predict: error: benchmark file")
+
+
+def test_broken_samples_complete_with_exit_0_and_are_counted(assets, tmp_path, capsys):
+    assert main(small(assets, tmp_path)) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    row = summary["benchmarks"]["Synthetic"]
+    assert row["n"] == assets["n"] and row["n_errors"] == assets["n"] - 2
+    assert f"| Synthetic | {assets['n']} |" in out
+    results = json.loads((tmp_path / "results" / "eval_Synthetic.json").read_text())["results"]
+    assert sum(1 for r in results if r["error"]) == assets["n"] - 2
+    # The same command again resumes: nothing runs twice, nothing changes.
+    before = (tmp_path / "predictions" / "Synthetic.rank0.jsonl").read_text()
+    assert main(small(assets, tmp_path)) == 0
+    assert (tmp_path / "predictions" / "Synthetic.rank0.jsonl").read_text() == before
+    # A different configuration in the same folder is refused rather than mixed in.
+    assert main(small(assets, tmp_path, "--model.controller.mode", "off")) == 1
+    assert "different controller" in error_line(capsys)
+
+
+def test_synth_writes_a_benchmark(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--n", "3", "--num-frames", "4"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == tmp_path / "eval_Synthetic.json" and len(json.loads(path.read_text())) == 3
+
+
+def test_unknown_command_and_help(capsys):
+    assert main(["train"]) == 2
+    assert error_line(capsys) == "vreason train: error: unknown command 'train'; use one of: predict, demo, synth"
+    assert main([]) == 2 and main(["--help"]) == 0
+
+
+def test_demo_runs_both_modes_and_prints_its_table(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "vreason.cli", "demo", "--out", str(tmp_path), "--n", "3",
+                           "--max-new-tokens", "12"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| mode |" in proc.stdout and "| off | 3 |" in proc.stdout and "| switch | 3 |" in proc.stdout
+    for mode in ("off", "switch"):
+        assert (tmp_path / mode / "results" / "eval_Synthetic.json").is_file()
+        assert list((tmp_path / mode / "tb").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "compare").glob("events.out.tfevents.*"))
