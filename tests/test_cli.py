@@ -117,3 +117,27 @@ def test_demo_runs_both_modes_and_prints_its_table(tmp_path):
         assert (tmp_path / mode / "results" / "eval_Synthetic.json").is_file()
         assert list((tmp_path / mode / "tb").glob("events.out.tfevents.*"))
     assert list((tmp_path / "compare").glob("events.out.tfevents.*"))
+
+
+CONFIGS = REPO / "experiments" / "configs"
+
+
+@pytest.mark.parametrize("size", ["3b", "7b", "32b", "72b"])
+def test_paper_configs_compose(tmp_path, size):
+    from vreason.cli import build_cli
+
+    expected = {"off": ("off", 0.0), "switch": ("switch", 0.0), "switch_lite": ("switch", 0.5)}
+    for mode, (controller_mode, prune) in expected.items():
+        for frames in (16, 32):
+            cli = build_cli(["-c", str(CONFIGS / "base.yaml"), "-c", str(CONFIGS / "models" / f"qwen2.5-vl-{size}.yaml"),
+                             "-c", str(CONFIGS / "modes" / f"{mode}.yaml"), "-c", str(CONFIGS / "frames" / f"{frames}.yaml"),
+                             "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)])
+            assert cli.model.model_path == f"checkpoints/Qwen2.5-VL-{size.upper()}-Instruct"
+            assert cli.model.controller.mode == controller_mode and cli.model.controller.prune_ratio == prune
+            assert cli.model.decode.max_new_tokens == 1024 and cli.model.decode.do_sample is False
+            assert cli.datamodule.num_frames == frames and cli.datamodule.max_pixels == 200704
+            assert cli.datamodule.model_path == cli.model.model_path  # linked
+            assert len(cli.datamodule.files) == 6
+    one = build_cli(["-c", str(CONFIGS / "base.yaml"), "-c", str(CONFIGS / "benchmarks" / "vsibench.yaml"),
+                     "--model.model_path", "m", "--trainer.accelerator", "cpu"])
+    assert one.datamodule.files == ["benchmarks/Evaluation/eval_vsibench.json"]

@@ -89,45 +89,55 @@ def _make_cli_class():
     return VReasonCLI
 
 
+def build_cli(args: Sequence[str]):
+    """Parse `vreason predict` arguments and instantiate the module, the data and the trainer
+    (nothing is loaded or run yet). Raises `argparse.ArgumentError` or `ValueError` for a bad
+    configuration."""
+    from vreason.callbacks import EvalProgressBar, PredictionWriter
+    from vreason.data.datamodule import BenchmarkDataModule
+    from vreason.module import VReasonModule
+
+    with warnings.catch_warnings():
+        # `args` is the command line minus "predict"; sys.argv stays whole for DDP's relaunch.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        return _make_cli_class()(
+            VReasonModule,
+            BenchmarkDataModule,
+            run=False,
+            args=list(args),
+            seed_everything_default=False,
+            parser_kwargs={"exit_on_error": False, "prog": "vreason predict"},
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "callbacks": [PredictionWriter(), EvalProgressBar()],
+                "enable_checkpointing": False,
+                "enable_model_summary": False,
+                "inference_mode": False,
+                "devices": 1,
+            },
+            auto_configure_optimizers=False,
+        )
+
+
 def predict(args: Sequence[str]) -> int:
     from argparse import ArgumentError
 
-    from vreason.callbacks import EvalProgressBar, PredictionWriter, ResumeMismatchError
+    from vreason.callbacks import ResumeMismatchError
     from vreason.data.benchmark import BenchmarkError
-    from vreason.data.datamodule import BenchmarkDataModule
     from vreason.models import ModelLoadError
-    from vreason.module import VReasonModule
 
-    cli_class = _make_cli_class()
     try:
-        with warnings.catch_warnings():
-            # `args` is the command line minus "predict"; sys.argv stays whole for DDP's relaunch.
-            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            cli = cli_class(
-                VReasonModule,
-                BenchmarkDataModule,
-                run=False,
-                args=list(args),
-                seed_everything_default=False,
-                parser_kwargs={"exit_on_error": False, "prog": "vreason predict"},
-                save_config_kwargs={"overwrite": True},
-                trainer_defaults={
-                    "callbacks": [PredictionWriter(), EvalProgressBar()],
-                    "enable_checkpointing": False,
-                    "enable_model_summary": False,
-                    "inference_mode": False,
-                    "devices": 1,
-                },
-                auto_configure_optimizers=False,
-            )
+        cli = build_cli(args)
     except (ArgumentError, ValueError) as exc:
         return _fail("predict", exc, EXIT_CONFIG)
     try:
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    except (ModelLoadError, BenchmarkError, ResumeMismatchError) as exc:
-        return _fail("predict", exc, EXIT_INPUT)
-    except OSError as exc:
-        # An unreadable media root, output folder or file: name it, skip the traceback.
+    except (ModelLoadError, BenchmarkError, ResumeMismatchError, ValueError, OSError) as exc:
+        # Inputs that cannot be used (model folder, benchmark files, a data setting only checked
+        # when the files are read, an unwritable output folder): one line naming them.
+        # VREASON_TRACEBACK=1 shows the traceback instead, for debugging.
+        if os.environ.get("VREASON_TRACEBACK"):
+            raise
         return _fail("predict", exc, EXIT_INPUT)
     if cli.trainer.is_global_zero:
         root = Path(cli.trainer.default_root_dir)
