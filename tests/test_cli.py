@@ -141,3 +141,36 @@ def test_paper_configs_compose(tmp_path, size):
     one = build_cli(["-c", str(CONFIGS / "base.yaml"), "-c", str(CONFIGS / "benchmarks" / "vsibench.yaml"),
                      "--model.model_path", "m", "--trainer.accelerator", "cpu"])
     assert one.datamodule.files == ["benchmarks/Evaluation/eval_vsibench.json"]
+
+
+def test_paper_table_puts_our_runs_beside_the_anchors(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_table", REPO / "experiments" / "scripts" / "paper_table.py")
+    paper_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper_table)
+
+    curve = {"mean": [0.5, 1.0, 0.7], "std": [0.1, 0.2, 0.1], "count": [4, 4, 2]}
+
+    def summary(mode, prune, acc):
+        benchmarks = {name: {"n": 4, "n_errors": 0, "mean_acc": acc, "mean_mra": None, "mean_tokens": 100.0, "entropy_curve": curve}
+                      for name in ("mvbench", "tempcompass", "videomme", "videommmu", "mmvu")}
+        benchmarks["vsibench"] = {"n": 4, "n_errors": 0, "mean_acc": acc, "mean_mra": 0.25, "mean_tokens": 200.0, "entropy_curve": curve}
+        return {"model": "Qwen2.5-VL-7B-Instruct", "controller": {"mode": mode, "prune_ratio": prune},
+                "data": {"num_frames": 16}, "benchmarks": benchmarks}
+
+    for name, mode, prune, acc in (("a", "off", 0.0, 0.5), ("b", "switch", 0.5, 0.6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary(mode, prune, acc)))
+    figure = tmp_path / "curves.png"
+    assert paper_table.main([str(tmp_path / "a"), str(tmp_path / "b" / "summary.json"), "--out", str(tmp_path / "t.md"),
+                             "--figure", str(figure)]) == 0
+    text = capsys.readouterr().out
+    header = text.splitlines()[0]
+    assert "Qwen2.5-VL-7B-Instruct off" in header and "Qwen2.5-VL-7B-Instruct switch+lite" in header
+    assert "paper: V-Reason-7B Lite" in header
+    assert "| MVBench | 50.0 | 60.0 | 60.7 | 60.9 | 60.6 | 64.1 |" in text
+    assert "| VSI-Bench (MRA) | 25.0 | 25.0 | 22.3 | 23.4 | 23.7 | 39.2 |" in text
+    # tokens: weighted over benchmarks (5 × 100 + 200) / 6
+    assert "| mean output tokens | 117 | 117 | 226 | 176 | 178 | 430 |" in text
+    assert (tmp_path / "t.md").read_text().strip() == text.strip() and figure.stat().st_size > 1000
