@@ -44,7 +44,8 @@ class GenerationResult:
         `entropy` where no round ran).
     ema: E_k (float32). alpha: α_k as int8 ±1 (in `off` mode the switch rule's α, informational).
     updated: bool, a round ran at token k.
-    skipped_rounds: rounds whose Adam steps the numerical guard skipped (counted per step).
+    skipped_rounds: Adam steps the numerical guard skipped (a non-finite loss or gradient), so with
+        `steps=1` the number of skipped rounds; ΔV kept its last good value each time.
     stop_reason: "eos" or "max_new_tokens".
     num_video_tokens / num_video_tokens_kept: video tokens in the prompt / left after Lite.
     """
