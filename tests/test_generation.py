@@ -219,3 +219,12 @@ def test_qwen2_vl_off_equals_generate_and_the_controller_acts(qwen2_vl):
     assert torch.equal(res.sequences, expected)
     up = VReasonGenerator(model, ControllerConfig(mode="maximize", every_k=1, lr=1e-3), DecodeConfig(max_new_tokens=3)).generate(**inputs)
     assert (up.entropy_after > up.entropy).all()
+
+
+def test_switch_rounds_move_entropy_the_way_alpha_says(models):
+    model, processor = models["wide"]
+    res = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=1e-3), DecodeConfig(max_new_tokens=12)).generate(
+        **video_inputs(processor, seed=6))
+    moved = torch.sign(res.entropy_after - res.entropy).to(torch.int8)
+    assert res.updated.all() and set(res.alpha.tolist()) == {-1, 1}  # both regimes occur
+    assert torch.equal(moved, res.alpha)
