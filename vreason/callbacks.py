@@ -594,7 +594,9 @@ def flat_hparams(pl_module) -> dict:
         else:
             out[prefix] = str(value)
 
-    walk("", {**{k: _plain(v) for k, v in dict(getattr(pl_module, "hparams", {}) or {}).items()}, **module_settings(pl_module)})
+    # Keys with a leading underscore are LightningCLI's bookkeeping (`_instantiator`), not settings.
+    hparams = {k: _plain(v) for k, v in dict(getattr(pl_module, "hparams", {}) or {}).items() if not str(k).startswith("_")}
+    walk("", {**hparams, **module_settings(pl_module)})
     return out
 
 

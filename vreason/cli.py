@@ -160,8 +160,8 @@ def demo(args: Sequence[str]) -> int:
         "Build a tiny offline Qwen2.5-VL and a synthetic video benchmark, evaluate plain decoding (off) "
         "and V-Reason (switch) through trainer.predict on CPU, and print the comparison."))
     parser.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
-    parser.add_argument("--n", type=int, default=6, help="number of synthetic samples (default: 6)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens per answer (default: 48)")
+    parser.add_argument("--n", type=int, default=12, help="number of synthetic samples (default: 12)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default: 64)")
     parser.add_argument("--seed", type=int, default=0)
     try:
         opts = parser.parse_args(list(args))
@@ -207,6 +207,8 @@ def demo(args: Sequence[str]) -> int:
                          dataformats="HWC")
     writer.close()
     print(comparison_table(summaries))
+    print("\nThe tiny model has random weights: scores near 0 are expected. The demo shows the pipeline "
+          "(predictions, protocol files, summaries, TensorBoard) and the controller's cost, not accuracy.")
     print(f"\n{sum(s['overall']['n'] for s in summaries.values()) // len(summaries)} samples per mode, "
           f"{time.perf_counter() - started:.0f} s. Outputs under {out}/: <mode>/results, <mode>/summary.md, "
           f"<mode>/predictions; TensorBoard: tensorboard --logdir {out}")
@@ -258,6 +260,8 @@ COMMANDS = {"predict": predict, "demo": demo, "synth": synth}
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Lightning's own deprecation notice about torch's pytree API says nothing to a user.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else EXIT_CONFIG
