@@ -125,3 +125,10 @@ def test_switch_runs_under_a_trainer_left_in_inference_mode(assets, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()]
     good = [r for r in records if not r["error"]]
     assert len(good) == N_GOOD and all(r["updated"][0] == 1 for r in good)
+
+
+def test_sampling_seeds_differ_per_sample_and_do_not_depend_on_order(assets):
+    module = VReasonModule(assets["model"], decode=DecodeConfig(do_sample=True, seed=7))
+    assert module._sample_seed("Synthetic/0") == module._sample_seed("Synthetic/0")
+    assert module._sample_seed("Synthetic/0") != module._sample_seed("Synthetic/1")
+    assert VReasonModule(assets["model"])._sample_seed("Synthetic/0") is None  # greedy: no seed needed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+import zlib
 from typing import Any, Optional
 
 import torch
@@ -119,7 +120,7 @@ class VReasonModule(LightningModule):
                           for k, v in item["inputs"].items()}
                 self._synchronize()
                 start = time.perf_counter()
-                result = self._generator.generate(**inputs)
+                result = self._generator.generate(seed=self._sample_seed(sample.key), **inputs)
                 self._synchronize()
                 latency = time.perf_counter() - start
             new_tokens = result.sequences[:, result.prompt_length:]
@@ -136,6 +137,13 @@ class VReasonModule(LightningModule):
             log.warning("sample %s failed: %s", sample.key, _one_line(exc))
             return self._error_record(sample, _one_line(exc))
         return self._record(sample, text, latency=latency, result=result)
+
+    def _sample_seed(self, key: str) -> Optional[int]:
+        # With sampling, each sample draws from its own stream, fixed by the run's seed and the
+        # sample's key: the same output whatever the order, the shard or a resume.
+        if not self.decode.do_sample:
+            return None
+        return (self.decode.seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
 
     def _synchronize(self) -> None:
         # Latency is wall time of the sample's generation, so queued GPU work must be finished.
