@@ -1,0 +1,26 @@
+// AVX2 row loops of the CPU entropy kernels. They live in their own translation unit whose
+// functions carry target("avx2,fma,f16c"), so the extension still loads and runs (scalar path)
+// on CPUs without AVX2; callers check avx2::supported() first.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cstdint>
+
+#include "vreason_math.cuh"
+
+namespace vreason::avx2 {
+
+bool supported();
+
+// The entropy state of n contiguous logits (a row or a segment of one).
+math::EntropyState<float> entropy_state(const float* z, int64_t n);
+math::EntropyState<float> entropy_state(const c10::BFloat16* z, int64_t n);
+math::EntropyState<float> entropy_state(const c10::Half* z, int64_t n);
+
+// out[i] = dH/dz_i · gH for n contiguous logits of one row (constants from entropy_grad_row).
+void entropy_grad(const float* z, int64_t n, const math::EntropyGradRow<float>& row, float* out);
+void entropy_grad(const c10::BFloat16* z, int64_t n, const math::EntropyGradRow<float>& row, c10::BFloat16* out);
+void entropy_grad(const c10::Half* z, int64_t n, const math::EntropyGradRow<float>& row, c10::Half* out);
+
+}  // namespace vreason::avx2

@@ -1,0 +1,288 @@
+// CPU kernels of the vreason operators. The per-element and per-row arithmetic comes from
+// vreason_math.cuh (the CUDA kernels use the same functions); the float32/bf16/fp16 entropy row
+// loops use the AVX2 versions in cpu_avx2.cpp when the CPU has them.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <type_traits>
+#include <vector>
+
+#include "cpu_avx2.h"
+#include "ops.h"
+#include "vreason_math.cuh"
+
+namespace vreason {
+
+namespace {
+
+std::atomic<bool>& simd_switch() {
+  static std::atomic<bool> on{avx2::supported() && std::getenv("VREASON_DISABLE_SIMD") == nullptr};
+  return on;
+}
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename scalar_t>
+math::EntropyState<acc_type<scalar_t>> entropy_range(const scalar_t* z, int64_t n, bool simd) {
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    if (simd) return avx2::entropy_state(z, n);
+  }
+  // Blocks merged into the row state keep the float32 sums' rounding error at the level of the
+  // SIMD and CUDA paths (short partial sums), instead of growing along a 152k-long serial sum.
+  using acc_t = acc_type<scalar_t>;
+  constexpr int64_t kBlock = 256;
+  auto st = math::entropy_init<acc_t>();
+  for (int64_t lo = 0; lo < n; lo += kBlock) {
+    auto block = math::entropy_init<acc_t>();
+    const int64_t hi = std::min(n, lo + kBlock);
+    for (int64_t i = lo; i < hi; ++i) math::entropy_push(block, static_cast<acc_t>(z[i]));
+    st = math::entropy_merge(st, block);
+  }
+  return st;
+}
+
+template <typename scalar_t>
+void entropy_grad_range(const scalar_t* z, int64_t n, const math::EntropyGradRow<acc_type<scalar_t>>& row,
+                        scalar_t* out, bool simd) {
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    if (simd) return avx2::entropy_grad(z, n, row, out);
+  }
+  using acc_t = acc_type<scalar_t>;
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(math::entropy_grad_elem(row, static_cast<acc_t>(z[i])));
+}
+
+// Work split of `rows` rows of length n into rows·parts tasks. A decode step has one row of
+// 152k logits: splitting it lets every thread work, and entropy_merge joins the parts.
+struct RowSplit {
+  int64_t parts;
+  int64_t part_len;
+  int64_t grain;  // tasks per thread chunk, so short rows do not pay a thread hand-off each
+};
+
+RowSplit split_rows(int64_t rows, int64_t n) {
+  constexpr int64_t kMinPart = 16384;
+  constexpr int64_t kMinTaskWork = 32768;
+  const int64_t threads = at::get_num_threads();
+  int64_t parts = 1;
+  if (rows < threads && n >= 2 * kMinPart) {
+    parts = std::min((threads + rows - 1) / rows, n / kMinPart);
+  }
+  const int64_t part_len = (n + parts - 1) / parts;
+  return {parts, part_len, std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, part_len))};
+}
+
+// Entropy states of every row of z ([rows, n] contiguous).
+template <typename scalar_t>
+std::vector<math::EntropyState<acc_type<scalar_t>>> entropy_row_states(const scalar_t* z, int64_t rows, int64_t n,
+                                                                       const RowSplit& split, bool simd) {
+  using State = math::EntropyState<acc_type<scalar_t>>;
+  std::vector<State> parts(rows * split.parts);
+  at::parallel_for(0, rows * split.parts, split.grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / split.parts, part = task % split.parts;
+      const int64_t lo = part * split.part_len, hi = std::min(n, lo + split.part_len);
+      parts[task] = entropy_range(z + row * n + lo, hi - lo, simd);
+    }
+  });
+  if (split.parts == 1) return parts;
+  std::vector<State> states(rows);
+  for (int64_t row = 0; row < rows; ++row) {
+    State st = parts[row * split.parts];
+    for (int64_t part = 1; part < split.parts; ++part) st = math::entropy_merge(st, parts[row * split.parts + part]);
+    states[row] = st;
+  }
+  return states;
+}
+
+template <typename State>
+void require_finite_rows(const char* op, const std::vector<State>& states, const at::Tensor& logits) {
+  for (int64_t row = 0; row < static_cast<int64_t>(states.size()); ++row) {
+    if (!math::entropy_row_ok(states[row])) fail_bad_entropy_row(op, row, logits);
+  }
+}
+
+}  // namespace
+
+bool simd_available() { return avx2::supported(); }
+bool simd_enabled() { return simd_switch().load(); }
+bool set_simd_enabled(bool enabled) { return simd_switch().exchange(enabled && avx2::supported()); }
+
+at::Tensor entropy_cpu(const at::Tensor& logits) {
+  check_entropy_logits(logits, /*allow_double=*/true);
+  const at::Tensor z = logits.contiguous();
+  const int64_t n = z.size(-1);
+  const int64_t rows = z.numel() / n;
+  const auto out_dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out = at::empty(z.sizes().slice(0, z.dim() - 1), z.options().dtype(out_dtype));
+  if (rows == 0) return out;
+  const bool simd = simd_enabled();
+  const RowSplit split = split_rows(rows, n);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "vreason::entropy", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const auto states = entropy_row_states(z.const_data_ptr<scalar_t>(), rows, n, split, simd);
+    require_finite_rows("entropy", states, logits);
+    acc_t* h = out.mutable_data_ptr<acc_t>();
+    for (int64_t row = 0; row < rows; ++row) h[row] = math::entropy_finish(states[row]);
+  });
+  return out;
+}
+
+at::Tensor entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& h) {
+  check_entropy_backward(grad, logits, h, /*allow_double=*/true);
+  const at::Tensor z = logits.contiguous();
+  const int64_t n = z.size(-1);
+  const int64_t rows = z.numel() / n;
+  at::Tensor grad_logits = at::empty_like(z, at::MemoryFormat::Contiguous);
+  if (rows == 0) return grad_logits;
+  const bool simd = simd_enabled();
+  const RowSplit split = split_rows(rows, n);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "vreason::entropy_backward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const auto states = entropy_row_states(zp, rows, n, split, simd);
+    require_finite_rows("entropy_backward", states, logits);
+    const at::Tensor gh = grad.contiguous().to(h.scalar_type());
+    const at::Tensor hc = h.contiguous();
+    const acc_t* gp = gh.const_data_ptr<acc_t>();
+    const acc_t* hp = hc.const_data_ptr<acc_t>();
+    std::vector<math::EntropyGradRow<acc_t>> consts(rows);
+    for (int64_t row = 0; row < rows; ++row) consts[row] = math::entropy_grad_row(states[row], hp[row], gp[row]);
+    scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows * split.parts, split.grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t row = task / split.parts, part = task % split.parts;
+        const int64_t lo = part * split.part_len, hi = std::min(n, lo + split.part_len);
+        entropy_grad_range(zp + row * n + lo, hi - lo, consts[row], out + row * n + lo, simd);
+      }
+    });
+  });
+  return grad_logits;
+}
+
+namespace {
+
+template <typename acc_t>
+math::ValueUpdateRow<acc_t> value_update_row_of(const acc_t* v0, const acc_t* delta, int64_t dim) {
+  acc_t v0_sq = 0, u_sq = 0;
+#pragma omp simd reduction(+ : v0_sq, u_sq)
+  for (int64_t i = 0; i < dim; ++i) {
+    const acc_t u = v0[i] + delta[i];
+    v0_sq += v0[i] * v0[i];
+    u_sq += u * u;
+  }
+  return math::value_update_row(v0_sq, u_sq);
+}
+
+int64_t row_grain(int64_t dim) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, dim)); }
+
+// The row loops live outside AT_DISPATCH: `#pragma omp simd` is not allowed inside a macro
+// argument, and the pragmas are what vectorize the float reductions (no -ffast-math).
+template <typename acc_t>
+void value_update_rows(const acc_t* v0, const acc_t* delta, int64_t rows, int64_t dim, acc_t* out) {
+  at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const acc_t *v = v0 + r * dim, *dl = delta + r * dim;
+      const auto row = value_update_row_of(v, dl, dim);
+      acc_t* o = out + r * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) o[i] = math::value_update_elem(row, v[i], dl[i]);
+    }
+  });
+}
+
+template <typename acc_t>
+void value_update_backward_rows(const acc_t* grad, const acc_t* v0, const acc_t* delta, int64_t rows, int64_t dim,
+                                acc_t* out) {
+  at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const acc_t *v = v0 + r * dim, *dl = delta + r * dim, *g = grad + r * dim;
+      acc_t v0_sq = 0, u_sq = 0, u_dot_g = 0;
+#pragma omp simd reduction(+ : v0_sq, u_sq, u_dot_g)
+      for (int64_t i = 0; i < dim; ++i) {
+        const acc_t u = v[i] + dl[i];
+        v0_sq += v[i] * v[i];
+        u_sq += u * u;
+        u_dot_g += u * g[i];
+      }
+      const auto row = math::value_update_grad_row(v0_sq, u_sq, u_dot_g);
+      acc_t* o = out + r * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) o[i] = math::value_update_grad_elem(row, g[i], v[i], dl[i]);
+    }
+  });
+}
+
+// Rows r of v0/delta ([batch, heads, num, dim] contiguous) go to cache[b, h, positions[j], :].
+template <typename cache_t, typename acc_t>
+void value_update_scatter_rows(cache_t* cache, const int64_t* strides, int64_t heads, const int64_t* positions,
+                               int64_t num, const acc_t* v0, const acc_t* delta, int64_t rows, int64_t dim) {
+  const int64_t sb = strides[0], sh = strides[1], ss = strides[2], sd = strides[3];
+  at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (heads * num), h = (r / num) % heads, j = r % num;
+      const acc_t *v = v0 + r * dim, *dl = delta + r * dim;
+      const auto row = value_update_row_of(v, dl, dim);
+      cache_t* dst = cache + b * sb + h * sh + positions[j] * ss;
+      for (int64_t i = 0; i < dim; ++i) dst[i * sd] = static_cast<cache_t>(math::value_update_elem(row, v[i], dl[i]));
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor value_update_cpu(const at::Tensor& v0, const at::Tensor& delta) {
+  check_value_update("value_update", v0, delta, /*allow_double=*/true);
+  const at::Tensor a = v0.contiguous(), d = delta.contiguous();
+  at::Tensor out = at::empty_like(a, at::MemoryFormat::Contiguous);
+  const int64_t dim = a.size(-1);
+  const int64_t rows = a.numel() / dim;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "vreason::value_update", [&] {
+    value_update_rows(a.const_data_ptr<scalar_t>(), d.const_data_ptr<scalar_t>(), rows, dim,
+                      out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+at::Tensor value_update_backward_cpu(const at::Tensor& grad, const at::Tensor& v0, const at::Tensor& delta) {
+  check_value_update_backward(grad, v0, delta, /*allow_double=*/true);
+  const at::Tensor a = v0.contiguous(), d = delta.contiguous(), g = grad.contiguous();
+  at::Tensor out = at::empty_like(a, at::MemoryFormat::Contiguous);
+  const int64_t dim = a.size(-1);
+  const int64_t rows = a.numel() / dim;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "vreason::value_update_backward", [&] {
+    value_update_backward_rows(g.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
+                               d.const_data_ptr<scalar_t>(), rows, dim, out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+void value_update_inplace_cpu(at::Tensor& cache, const at::Tensor& positions, const at::Tensor& v0,
+                              const at::Tensor& delta) {
+  check_value_update_inplace(cache, positions, v0, delta, /*allow_double=*/true);
+  const int64_t seq = cache.size(2);
+  const at::Tensor pos = positions.contiguous();
+  const int64_t* pp = pos.const_data_ptr<int64_t>();
+  const int64_t num = pos.numel();
+  for (int64_t j = 0; j < num; ++j) {
+    if (pp[j] < 0 || pp[j] >= seq) fail_bad_position(j, pp[j], seq);
+  }
+  const at::Tensor a = v0.contiguous(), d = delta.contiguous();
+  const int64_t heads = cache.size(1), dim = cache.size(3);
+  const int64_t rows = a.numel() / dim;  // batch · heads · num, in v0's order
+  const int64_t strides[4] = {cache.stride(0), cache.stride(1), cache.stride(2), cache.stride(3)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cache.scalar_type(), "vreason::value_update_", [&] {
+    using cache_t = scalar_t;
+    cache_t* cp = cache.mutable_data_ptr<cache_t>();
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "vreason::value_update_", [&] {
+      value_update_scatter_rows(cp, strides, heads, pp, num, a.const_data_ptr<scalar_t>(),
+                                d.const_data_ptr<scalar_t>(), rows, dim);
+    });
+  });
+}
+
+}  // namespace vreason

@@ -1,0 +1,315 @@
+"""The compiled operators (vreason._C) against the plain-torch oracle in vreason.ops.reference."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from vreason import ops
+from vreason.ops import _C, reference
+
+VOCAB = 152_064
+INF = float("inf")
+REDUCED = (torch.bfloat16, torch.float16)
+
+
+def tol(dtype):
+    # float32 math for every input dtype; reduced inputs only change the values fed in.
+    return dict(rtol=1e-3, atol=1e-4) if dtype in REDUCED else dict(rtol=1e-5, atol=1e-5)
+
+
+def output_tol(dtype):
+    # Outputs stored in a reduced dtype (gradients of bf16 logits, bf16 caches) may round the
+    # same float32 value one ulp apart: one ulp is 2^-8 relative for bf16, 2^-11 for fp16.
+    return {
+        torch.bfloat16: dict(rtol=2**-7, atol=1e-6),
+        torch.float16: dict(rtol=2**-10, atol=1e-6),
+    }.get(dtype, dict(rtol=1e-5, atol=1e-6))
+
+
+@contextlib.contextmanager
+def simd(enabled: bool):
+    previous = _C.set_simd_enabled(enabled)
+    try:
+        yield
+    finally:
+        _C.set_simd_enabled(previous)
+
+
+def logits_of(shape, dtype, scale=3.0, seed=0, masked=0.0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(shape, generator=g) * scale
+    if masked:
+        z[torch.rand(shape, generator=g) < masked] = -INF
+        z[..., 0] = torch.randn(shape[:-1], generator=g) * scale  # every row keeps one finite logit
+    return z.to(dtype)
+
+
+# ---- entropy -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, *REDUCED])
+@pytest.mark.parametrize(
+    "shape, scale",
+    [((2, VOCAB), 3.0), ((1, VOCAB), 1e4), ((2, 3, 1000), 1.0), ((4, 1037), 1e4), ((5, 1), 2.0), ((3, 17), 30.0)],
+)
+def test_entropy_matches_reference(dtype, shape, scale):
+    z = logits_of(shape, dtype, scale)
+    h = ops.entropy(z)
+    assert h.dtype == torch.float32 and h.shape == shape[:-1]
+    torch.testing.assert_close(h, reference.entropy(z), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *REDUCED])
+def test_entropy_rows_with_many_masked_logits(dtype):
+    z = logits_of((6, 4099), dtype, scale=5.0, masked=0.95)
+    z[1, 1:] = -INF  # a single finite logit: H = 0
+    z[2, :4000] = -INF
+    h = ops.entropy(z)
+    torch.testing.assert_close(h, reference.entropy(z), **tol(dtype))
+    assert h[1].item() == 0.0
+
+
+def test_entropy_one_element_rows_and_float64():
+    z = torch.randn(7, 1)
+    assert torch.equal(ops.entropy(z), torch.zeros(7))
+    z64 = logits_of((3, 4, 300), torch.float64, masked=0.3)
+    h = ops.entropy(z64)
+    assert h.dtype == torch.float64
+    torch.testing.assert_close(h, reference.entropy(z64), rtol=1e-12, atol=1e-12)
+
+
+def test_entropy_known_values():
+    # Uniform over V: log V; logits of magnitude 1e4 that tie: log 2 (absolute form would lose it).
+    assert ops.entropy(torch.zeros(1, 1000)).item() == pytest.approx(torch.log(torch.tensor(1000.0)).item(), rel=1e-6)
+    z = torch.full((1, 5000), -INF)
+    z[0, 7] = z[0, 4000] = 1e4
+    assert ops.entropy(z).item() == pytest.approx(0.6931471805599453, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *REDUCED])
+def test_entropy_backward_matches_reference(dtype):
+    z = logits_of((3, 5003), dtype, scale=4.0, masked=0.3)
+    g = torch.randn(3)
+    leaf = z.clone().requires_grad_(True)
+    (ops.entropy(leaf) * g).sum().backward()
+    ref_leaf = z.float().requires_grad_(True)
+    (reference.entropy(ref_leaf) * g).sum().backward()
+    assert leaf.grad.dtype == dtype
+    torch.testing.assert_close(leaf.grad, ref_leaf.grad.to(dtype), **output_tol(dtype))
+    masked = torch.isinf(z)
+    assert masked.any() and torch.all(leaf.grad[masked] == 0)
+
+
+def test_entropy_backward_at_vocab_scale():
+    z = logits_of((2, VOCAB), torch.float32, scale=1e4)
+    g = torch.tensor([1.0, -2.0])
+    leaf = z.clone().requires_grad_(True)
+    (ops.entropy(leaf) * g).sum().backward()
+    ref_leaf = z.clone().requires_grad_(True)
+    (reference.entropy(ref_leaf) * g).sum().backward()
+    torch.testing.assert_close(leaf.grad, ref_leaf.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not _C.simd_available(), reason="this CPU has no AVX2/FMA/F16C")
+@pytest.mark.parametrize("dtype", [torch.float32, *REDUCED])
+@pytest.mark.parametrize("shape", [(2, VOCAB), (3, 2061), (4, 7)])
+def test_entropy_avx2_and_scalar_paths_agree(dtype, shape):
+    z = logits_of(shape, dtype, scale=6.0, masked=0.2)
+    results = {}
+    for enabled in (True, False):
+        with simd(enabled):
+            assert _C.simd_enabled() is enabled
+            leaf = z.clone().requires_grad_(True)
+            h = ops.entropy(leaf)
+            h.sum().backward()
+            results[enabled] = (h, leaf.grad)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[True][1], results[False][1], **output_tol(dtype))
+
+
+@pytest.mark.parametrize("use_simd", [True, False])
+@pytest.mark.parametrize("bad", ["all_masked", "nan", "pos_inf"])
+def test_entropy_rejects_rows_without_entropy(bad, use_simd):
+    z = torch.randn(4, 3000)
+    if bad == "all_masked":
+        z[2] = -INF
+    elif bad == "nan":
+        z[2, 2500] = float("nan")
+    else:
+        z[2, 17] = INF
+    with simd(use_simd):
+        with pytest.raises(RuntimeError, match=r"row 2 of logits .* is all -inf or contains NaN/\+inf"):
+            ops.entropy(z)
+        with pytest.raises(RuntimeError, match="row 2 of logits"):
+            torch.ops.vreason.entropy_backward(torch.ones(4), z, torch.ones(4))
+
+
+def test_entropy_rejects_bad_inputs():
+    with pytest.raises(RuntimeError, match="logits must be float32, float16, bfloat16 or float64"):
+        ops.entropy(torch.ones(2, 3, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="at least one dimension"):
+        ops.entropy(torch.tensor(1.0))
+    with pytest.raises(RuntimeError, match="last dimension of logits is empty"):
+        ops.entropy(torch.ones(2, 0))
+    with pytest.raises(RuntimeError, match="must have logits' leading shape"):
+        torch.ops.vreason.entropy_backward(torch.ones(3), torch.zeros(2, 5), torch.ones(2))
+
+
+def test_entropy_gradcheck_float64():
+    z = logits_of((3, 2, 40), torch.float64, masked=0.3).requires_grad_(True)
+    assert torch.autograd.gradcheck(ops.entropy, (z,))
+
+
+# ---- value_update --------------------------------------------------------------------------
+
+def values_of(shape, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=dtype), 0.3 * torch.randn(shape, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 2048, 128), (2, 3, 7, 64), (5, 1), (3,)])
+def test_value_update_matches_reference(shape):
+    v0, delta = values_of(shape)
+    v = ops.value_update(v0, delta)
+    assert v.dtype == torch.float32 and v.shape == v0.shape
+    torch.testing.assert_close(v, reference.value_update(v0, delta), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(v.norm(dim=-1), v0.norm(dim=-1), rtol=1e-5, atol=1e-6)
+
+
+def test_value_update_backward_matches_reference():
+    v0, delta = values_of((2, 4, 33, 128), seed=1)
+    g = torch.randn(v0.shape)
+    grads = []
+    for fn in (ops.value_update, reference.value_update):
+        a, d = v0.clone().requires_grad_(True), delta.clone().requires_grad_(True)
+        (fn(a, d) * g).sum().backward()
+        grads.append((a.grad, d.grad))
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+
+
+def test_value_update_zero_norm_rule():
+    v0, delta = values_of((3, 16), seed=2)
+    delta[1] = -v0[1]  # v0 + delta == 0 in row 1
+    a, d = v0.clone().requires_grad_(True), delta.clone().requires_grad_(True)
+    v = ops.value_update(a, d)
+    assert torch.equal(v[1], v0[1])
+    torch.testing.assert_close(v, reference.value_update(v0, delta))
+    g = torch.randn(3, 16)
+    (v * g).sum().backward()
+    assert torch.equal(d.grad[1], torch.zeros(16))  # v does not depend on delta there
+    assert torch.equal(a.grad[1], g[1])  # and is v0 itself
+    assert torch.all(d.grad[[0, 2]] != 0)
+
+
+def test_value_update_gradcheck_float64():
+    v0, delta = values_of((2, 3, 5, 8), seed=3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(ops.value_update, (v0, delta.requires_grad_(True)))
+    assert torch.autograd.gradcheck(ops.value_update, (v0.requires_grad_(True), delta))
+
+
+def test_value_update_rejects_bad_inputs():
+    v0, delta = values_of((2, 8))
+    with pytest.raises(RuntimeError, match=r"v0 \[2, 8\] and delta \[2, 7\] must have the same shape"):
+        ops.value_update(v0, delta[:, :7])
+    with pytest.raises(RuntimeError, match="must both be float32"):
+        ops.value_update(v0.half(), delta.half())
+    with pytest.raises(RuntimeError, match="must both be float32"):
+        ops.value_update(v0, delta.double())
+    with pytest.raises(RuntimeError, match="same device"):
+        ops.value_update(v0, delta.to("meta"))
+
+
+# ---- value_update_ (in place) --------------------------------------------------------------
+
+def bits(t):
+    """The raw bits, so that equality is bit-identity (NaN payloads, -0.0 included)."""
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.dtype.itemsize])
+
+
+def cache_case(dtype, batch=2, heads=3, seq=50, dim=16, num=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cache = torch.randn(batch, heads, seq, dim, generator=g).to(dtype)
+    positions = torch.randperm(seq, generator=g)[:num]
+    v0, delta = values_of((batch, heads, num, dim), seed=seed + 1)
+    return cache, positions, v0, delta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_value_update_inplace_writes_only_positions(dtype):
+    cache, positions, v0, delta = cache_case(dtype)
+    before = cache.clone()
+    out = ops.value_update_(cache, positions, v0, delta)
+    assert out is cache
+    expected = reference.value_update_(before.clone(), positions, v0, delta)
+    torch.testing.assert_close(cache[:, :, positions], expected[:, :, positions], **output_tol(dtype))
+    untouched = torch.ones(cache.shape[2], dtype=torch.bool)
+    untouched[positions] = False
+    assert torch.equal(bits(cache[:, :, untouched]), bits(before[:, :, untouched]))
+
+
+def test_value_update_inplace_into_a_strided_view():
+    # A slice of a larger buffer (e.g. a preallocated cache): only the selected rows change.
+    cache, positions, v0, delta = cache_case(torch.float32, seq=40, num=9)
+    big = torch.randn(2, 3, 80, 32)
+    before = big.clone()
+    view = big[:, :, ::2, 8:24]
+    assert not view.is_contiguous()
+    ops.value_update_(view, positions, v0, delta)
+    expected = before.clone()
+    reference.value_update_(expected[:, :, ::2, 8:24], positions, v0, delta)
+    torch.testing.assert_close(big, expected, rtol=1e-5, atol=1e-6)
+    written = torch.zeros(big.shape, dtype=torch.bool)
+    written[:, :, 2 * positions, 8:24] = True
+    assert torch.equal(bits(big[~written]), bits(before[~written]))
+
+
+def test_value_update_inplace_rejects_bad_inputs():
+    cache, positions, v0, delta = cache_case(torch.float32, seq=10, num=4)
+    before = cache.clone()
+    bad = positions.clone()
+    bad[2] = 10
+    with pytest.raises(RuntimeError, match=r"positions\[2\] = 10 is out of range for a cache of 10 positions"):
+        ops.value_update_(cache, bad, v0, delta)
+    bad[2] = -1
+    with pytest.raises(RuntimeError, match=r"positions\[2\] = -1 is out of range"):
+        ops.value_update_(cache, bad, v0, delta)
+    assert torch.equal(cache, before)  # checked before anything is written
+    with pytest.raises(RuntimeError, match="positions must be a 1-D int64 tensor"):
+        ops.value_update_(cache, positions.int(), v0, delta)
+    with pytest.raises(RuntimeError, match=r"must be \[batch, kv_heads, len\(positions\), head_dim\]"):
+        ops.value_update_(cache, positions[:3], v0, delta)
+    with pytest.raises(RuntimeError, match=r"cache must be \[batch, kv_heads, seq, head_dim\]"):
+        ops.value_update_(cache[0], positions, v0, delta)
+    with pytest.raises(RuntimeError, match="must both be float32"):
+        ops.value_update_(cache, positions, v0.half(), delta.half())
+    with pytest.raises(RuntimeError, match="cache must be a float tensor"):
+        ops.value_update_(cache.int(), positions, v0, delta)
+    with pytest.raises(RuntimeError, match="same device"):
+        ops.value_update_(cache, positions.to("meta"), v0, delta)
+
+
+# ---- registration --------------------------------------------------------------------------
+
+def test_opcheck():
+    z = logits_of((3, 67), torch.float32, masked=0.2).requires_grad_(True)
+    torch.library.opcheck(torch.ops.vreason.entropy.default, (z,))
+    v0, delta = values_of((2, 3, 5, 8))
+    torch.library.opcheck(torch.ops.vreason.value_update.default, (v0, delta.requires_grad_(True)))
+    cache, positions, v0, delta = cache_case(torch.bfloat16, seq=12, num=5)
+    torch.library.opcheck(torch.ops.vreason.value_update_.default, (cache, positions, v0, delta))
+
+
+OPS = ["entropy", "entropy_backward", "value_update", "value_update_backward", "value_update_"]
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_cpu_kernels_registered(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vreason::{name}", "CPU")
+
+
+@pytest.mark.skipif(not ops.built_with_cuda(), reason="vreason._C was built without its CUDA kernels")
+@pytest.mark.parametrize("name", OPS)
+def test_cuda_kernels_registered(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vreason::{name}", "CUDA")

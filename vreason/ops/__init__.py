@@ -1,0 +1,144 @@
+"""vreason's compiled operators (`torch.ops.vreason.*`, built from cuda/ as `vreason._C`).
+
+- `entropy(logits)`: Shannon entropy (nats) of softmax over the last dim; float32 result
+  (float64 for float64 input, CPU only), any leading shape, differentiable.
+- `value_update(v0, delta)`: `(v0+delta)/‖v0+delta‖·‖v0‖` over the last dim, float32,
+  differentiable.
+- `value_update_(cache, positions, v0, delta)`: the same, written in place into
+  `cache[:, :, positions, :]`; returns `cache`.
+
+`reference` holds the same three in plain torch (the tests' oracle).
+
+Errors: a logits row that is all `-inf` or holds NaN/+inf, and an out-of-range position, raise
+on CPU. On CUDA checking would need a device→host sync per call, so by default a bad entropy row
+gives NaN and an out-of-range position is skipped (nothing written out of bounds); set
+VREASON_CUDA_CHECKS=1 to have the CUDA ops sync and raise the same errors.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from vreason import _C
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise ImportError("vreason._C is not built: run `pip install -e . --no-build-isolation`") from exc
+
+from vreason.ops import reference
+
+__all__ = ["entropy", "value_update", "value_update_", "built_with_cuda", "reference"]
+
+
+def built_with_cuda() -> bool:
+    """Whether the CUDA kernels were compiled into `vreason._C` (and registered)."""
+    return _C.built_with_cuda()
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy H (nats) of softmax(logits) over the last dim, shape `logits.shape[:-1]`.
+
+    logits: float32, float16 or bfloat16 (float64 on CPU). `-inf` entries are masked tokens
+    (p = 0); a row that is all `-inf` or holds NaN/+inf is an error (see the module docstring
+    for CUDA). Backward: `dH/dz = −p (log p + H)`, fused.
+    """
+    return torch.ops.vreason.entropy.default(logits)
+
+
+def value_update(v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The norm-preserving map `(v0+delta)/‖v0+delta‖·‖v0‖` over the last dim.
+
+    v0, delta: float32 (float64 on CPU), same shape. Zero-norm rule: a row where
+    ‖v0+delta‖ == 0 (delta cancelled v0, the direction is undefined) returns v0 unchanged; the
+    result does not depend on delta there, so its gradient w.r.t. delta is 0 (and w.r.t. v0 the
+    identity). Differentiable in delta (fused kernel) and in v0.
+    """
+    return torch.ops.vreason.value_update.default(v0, delta)
+
+
+def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Writes `value_update(v0, delta)` into `cache[:, :, positions, :]` in place and returns
+    `cache`.
+
+    cache: `[batch, kv_heads, seq, head_dim]`, any float dtype (strided views work); positions:
+    1-D int64 on the cache's device, unique, each in `[0, seq)`; v0, delta: float32
+    `[batch, kv_heads, len(positions), head_dim]`. Math in float32, rounded once to the cache's
+    dtype; no temporary of the cache's size. Not differentiable.
+    """
+    torch.ops.vreason.value_update_.default(cache, positions, v0, delta)
+    return cache
+
+
+# ---- fake (meta) kernels: shapes and dtypes for torch.compile / FakeTensor ---------------------
+
+def _entropy_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("vreason::entropy")
+def _(logits):
+    torch._check(logits.dim() >= 1, lambda: "vreason.ops.entropy: logits must have at least one dimension")
+    return logits.new_empty(logits.shape[:-1], dtype=_entropy_dtype(logits))
+
+
+@torch.library.register_fake("vreason::entropy_backward")
+def _(grad, logits, H):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("vreason::value_update")
+def _(v0, delta):
+    torch._check(v0.shape == delta.shape, lambda: "vreason.ops.value_update: v0 and delta must have the same shape")
+    torch._check(v0.device == delta.device, lambda: "vreason.ops.value_update: v0 and delta must be on the same device")
+    return torch.empty_like(v0, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("vreason::value_update_backward")
+def _(grad, v0, delta):
+    return torch.empty_like(v0, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("vreason::value_update_")
+def _(cache, positions, v0, delta):
+    torch._check(
+        positions.device == cache.device and v0.device == cache.device and delta.device == cache.device,
+        lambda: "vreason.ops.value_update_: cache, positions, v0 and delta must be on the same device",
+    )
+
+
+# ---- autograd ------------------------------------------------------------------------------------
+
+def _entropy_setup_context(ctx, inputs, output):
+    (logits,) = inputs
+    ctx.save_for_backward(logits, output)
+
+
+def _entropy_backward(ctx, grad):
+    logits, h = ctx.saved_tensors
+    return torch.ops.vreason.entropy_backward.default(grad, logits, h)
+
+
+torch.library.register_autograd("vreason::entropy", _entropy_backward, setup_context=_entropy_setup_context)
+
+
+def _value_update_setup_context(ctx, inputs, output):
+    v0, delta = inputs
+    ctx.save_for_backward(v0, delta, output)
+
+
+def _value_update_backward(ctx, grad):
+    v0, delta, v = ctx.saved_tensors
+    grad_delta = torch.ops.vreason.value_update_backward.default(grad, v0, delta)
+    grad_v0 = None
+    if ctx.needs_input_grad[0]:
+        # v = s·û with s = ‖v0‖: ∂/∂v0 adds v0·(vᵀg)/s² to the δ gradient; rows under the
+        # zero-norm rule (v = v0) pass g through unchanged.
+        s_sq = (v0 * v0).sum(-1, keepdim=True)
+        u = v0 + delta
+        u_sq = (u * u).sum(-1, keepdim=True)
+        coef = torch.where(s_sq > 0, (v * grad).sum(-1, keepdim=True) / torch.where(s_sq > 0, s_sq, 1), 0)
+        grad_v0 = torch.where(u_sq > 0, grad_delta + v0 * coef, grad)
+    return grad_v0, (grad_delta if ctx.needs_input_grad[1] else None)
+
+
+torch.library.register_autograd(
+    "vreason::value_update", _value_update_backward, setup_context=_value_update_setup_context
+)
