@@ -1,0 +1,44 @@
+// Launchers of the CUDA kernels (entropy.cu, value_update.cu): plain C++ on raw pointers and a
+// cudaStream_t, so the .cu files compile without torch's headers. Each returns the launch's
+// cudaError_t (cudaSuccess when nothing went wrong).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace vreason::gpu {
+
+enum class DType : int { Float32, Float16, BFloat16, Float64 };
+
+// H per row of `rows` contiguous rows of n logits (float32 out). A row without entropy (all
+// -inf, NaN, +inf) gets NaN and, when bad_row is not null, atomicMin(bad_row, row).
+cudaError_t entropy_forward(DType dtype, const void* logits, int64_t rows, int64_t n, float* out,
+                            unsigned long long* bad_row, cudaStream_t stream);
+
+// grad_logits (logits' dtype) = −p (log p + H) · grad per row.
+cudaError_t entropy_backward(DType dtype, const float* grad, const void* logits, const float* h, int64_t rows,
+                             int64_t n, void* grad_logits, cudaStream_t stream);
+
+// Rows of `dim` float32 values, contiguous.
+cudaError_t value_update_forward(const float* v0, const float* delta, int64_t rows, int64_t dim, float* out,
+                                 cudaStream_t stream);
+cudaError_t value_update_backward(const float* grad, const float* v0, const float* delta, int64_t rows, int64_t dim,
+                                  float* grad_delta, cudaStream_t stream);
+
+// A [batch, heads, seq, dim] cache with arbitrary strides (in elements).
+struct CacheView {
+  void* data;
+  DType dtype;
+  int64_t batch, heads, seq, dim;
+  int64_t stride_b, stride_h, stride_s, stride_d;
+};
+
+// cache[b, h, positions[j], :] = value_update(v0, delta)[b, h, j, :] (v0/delta contiguous
+// [batch, heads, num_positions, dim] float32). Out-of-range positions are skipped and, when
+// bad_index is not null, reported as atomicMin(bad_index, j).
+cudaError_t value_update_inplace(const CacheView& cache, const int64_t* positions, int64_t num_positions,
+                                 const float* v0, const float* delta, unsigned long long* bad_index,
+                                 cudaStream_t stream);
+
+}  // namespace vreason::gpu

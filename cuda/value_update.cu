@@ -1,0 +1,125 @@
+// CUDA value_update kernels: one block per row of head_dim values; the row sums (‖v0‖², ‖u‖²,
+// uᵀg) go through warp shuffles and shared memory, the per-row coefficients and per-element
+// results come from vreason_math.cuh (the same arithmetic as the CPU path).
+#include <climits>
+#include <cstdint>
+
+#include "cuda_common.cuh"
+
+namespace vreason::gpu {
+namespace {
+
+constexpr int kMaxThreads = 1024;
+
+struct Add3 {
+  __device__ Float3 operator()(Float3 x, Float3 y) const { return {x.a + y.a, x.b + y.b, x.c + y.c}; }
+};
+
+// Threads per block: head_dim rounded up to whole warps (one element per thread for the usual
+// 64/128), at most kMaxThreads.
+unsigned threads_for(int64_t dim) {
+  const int64_t warps = (dim + kWarp - 1) / kWarp;
+  return static_cast<unsigned>(warps * kWarp < kMaxThreads ? warps * kWarp : kMaxThreads);
+}
+
+__device__ math::ValueUpdateRow<float> row_coefficients(const float* v0, const float* delta, int64_t dim,
+                                                        Float3* scratch) {
+  Float3 sums{0.f, 0.f, 0.f};
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float u = v0[i] + delta[i];
+    sums.a += v0[i] * v0[i];
+    sums.b += u * u;
+  }
+  sums = block_reduce(sums, Add3{}, scratch);
+  return math::value_update_row(sums.a, sums.b);
+}
+
+__global__ void __launch_bounds__(kMaxThreads)
+    value_update_forward_kernel(const float* v0, const float* delta, int64_t dim, float* out) {
+  __shared__ Float3 scratch[kMaxThreads / kWarp];
+  const int64_t offset = static_cast<int64_t>(blockIdx.x) * dim;
+  const auto row = row_coefficients(v0 + offset, delta + offset, dim, scratch);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+    out[offset + i] = math::value_update_elem(row, v0[offset + i], delta[offset + i]);
+}
+
+__global__ void __launch_bounds__(kMaxThreads) value_update_backward_kernel(const float* grad, const float* v0,
+                                                                            const float* delta, int64_t dim,
+                                                                            float* grad_delta) {
+  __shared__ Float3 scratch[kMaxThreads / kWarp];
+  const int64_t offset = static_cast<int64_t>(blockIdx.x) * dim;
+  const float *v = v0 + offset, *d = delta + offset, *g = grad + offset;
+  Float3 sums{0.f, 0.f, 0.f};
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float u = v[i] + d[i];
+    sums.a += v[i] * v[i];
+    sums.b += u * u;
+    sums.c += u * g[i];
+  }
+  sums = block_reduce(sums, Add3{}, scratch);
+  const auto row = math::value_update_grad_row(sums.a, sums.b, sums.c);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+    grad_delta[offset + i] = math::value_update_grad_elem(row, g[i], v[i], d[i]);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kMaxThreads)
+    value_update_inplace_kernel(CacheView cache, const int64_t* positions, int64_t num, const float* v0,
+                                const float* delta, unsigned long long* bad_index) {
+  __shared__ Float3 scratch[kMaxThreads / kWarp];
+  const int64_t r = blockIdx.x;  // row of v0/delta: (b, h, j)
+  const int64_t j = r % num, h = (r / num) % cache.heads, b = r / (num * cache.heads);
+  const int64_t pos = positions[j];
+  if (pos < 0 || pos >= cache.seq) {  // uniform over the block: no thread reaches the reduction
+    if (threadIdx.x == 0 && bad_index != nullptr) atomicMin(bad_index, static_cast<unsigned long long>(j));
+    return;
+  }
+  const int64_t offset = r * cache.dim;
+  const auto row = row_coefficients(v0 + offset, delta + offset, cache.dim, scratch);
+  T* dst = static_cast<T*>(cache.data) + b * cache.stride_b + h * cache.stride_h + pos * cache.stride_s;
+  for (int64_t i = threadIdx.x; i < cache.dim; i += blockDim.x)
+    dst[i * cache.stride_d] = from_float<T>(math::value_update_elem(row, v0[offset + i], delta[offset + i]));
+}
+
+}  // namespace
+
+cudaError_t value_update_forward(const float* v0, const float* delta, int64_t rows, int64_t dim, float* out,
+                                 cudaStream_t stream) {
+  if (rows > INT_MAX) return cudaErrorInvalidValue;
+  value_update_forward_kernel<<<static_cast<unsigned>(rows), threads_for(dim), 0, stream>>>(v0, delta, dim, out);
+  return cudaGetLastError();
+}
+
+cudaError_t value_update_backward(const float* grad, const float* v0, const float* delta, int64_t rows, int64_t dim,
+                                  float* grad_delta, cudaStream_t stream) {
+  if (rows > INT_MAX) return cudaErrorInvalidValue;
+  value_update_backward_kernel<<<static_cast<unsigned>(rows), threads_for(dim), 0, stream>>>(grad, v0, delta, dim,
+                                                                                            grad_delta);
+  return cudaGetLastError();
+}
+
+cudaError_t value_update_inplace(const CacheView& cache, const int64_t* positions, int64_t num_positions,
+                                 const float* v0, const float* delta, unsigned long long* bad_index,
+                                 cudaStream_t stream) {
+  const int64_t rows = cache.batch * cache.heads * num_positions;
+  if (rows > INT_MAX) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(rows)), block(threads_for(cache.dim));
+  switch (cache.dtype) {
+    case DType::Float32:
+      value_update_inplace_kernel<float><<<grid, block, 0, stream>>>(cache, positions, num_positions, v0, delta, bad_index);
+      break;
+    case DType::Float16:
+      value_update_inplace_kernel<__half><<<grid, block, 0, stream>>>(cache, positions, num_positions, v0, delta, bad_index);
+      break;
+    case DType::BFloat16:
+      value_update_inplace_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(cache, positions, num_positions, v0, delta,
+                                                                             bad_index);
+      break;
+    case DType::Float64:
+      value_update_inplace_kernel<double><<<grid, block, 0, stream>>>(cache, positions, num_positions, v0, delta, bad_index);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace vreason::gpu
