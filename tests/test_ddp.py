@@ -56,3 +56,24 @@ def test_two_processes_write_each_sample_once_and_match_one_process(tmp_path):
     assert s1["benchmarks"]["Synthetic"]["entropy_curve"] == s2["benchmarks"]["Synthetic"]["entropy_curve"]
     # The torchmetrics synced across both ranks count what the merged files hold.
     assert s2["live_metrics_agree"] is True and s2["benchmarks"]["Synthetic"]["n"] == N
+
+
+@pytest.mark.slow
+def test_resume_with_fewer_samples_left_than_processes(tmp_path):
+    # One sample left for two ranks: one rank gets an empty shard and must still finish cleanly.
+    model = tmp_path / "model"
+    build_tiny_model(model)
+    bench = write_synthetic_benchmark(tmp_path / "data", n=3, seed=4, num_frames=8)
+    root = tmp_path / "run"
+    predict(str(model), bench, root, devices=1)
+    pred = root / "predictions" / "Synthetic.rank0.jsonl"
+    lines = pred.read_text().splitlines()
+    dropped = json.loads(lines[1])["key"]
+    pred.write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    predict(str(model), bench, root, devices=2)
+    keys = [json.loads(line)["key"] for p in sorted((root / "predictions").glob("*.jsonl"))
+            for line in p.read_text().splitlines()]
+    assert sorted(keys) == [f"Synthetic/{i}" for i in range(3)]
+    assert keys.count(dropped) == 1
+    merged = json.loads((root / "results" / "eval_Synthetic.json").read_text())
+    assert [r["key"] for r in merged["results"]] == [f"Synthetic/{i}" for i in range(3)]

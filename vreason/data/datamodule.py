@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vreason.data.benchmark import Sample, load_benchmark
 from vreason.data.video import VideoError, load_video, smart_resize
@@ -35,6 +35,26 @@ def build_messages(sample: Sample) -> list[dict[str, Any]]:
 def collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Items stay separate: samples differ in length, and the model runs them one at a time."""
     return list(batch)
+
+
+class StridedShardSampler(DistributedSampler):
+    """Rank r takes samples r, r + world, r + 2·world, ...: each sample exactly once, no padding.
+
+    Lightning's own predict sampler pads shards to equal length (a padded sample would be written
+    twice) and refuses a rank with nothing to do, which happens when a resumed run has fewer
+    samples left than processes. An empty shard is harmless here: the model is never wrapped for
+    DDP, and the only collectives run at the end of predict, which every rank reaches. Being a
+    `DistributedSampler`, Lightning leaves it in place.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class BenchmarkDataset(Dataset):
@@ -128,6 +148,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.template = template
         self.exclude_keys: set[str] = set()
+        # A resumed DDP run may leave a rank with no samples (see StridedShardSampler).
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         self.processor: Any = None
         self._samples: list[Sample] | None = None
 
@@ -167,5 +189,9 @@ class BenchmarkDataModule(L.LightningDataModule):
                                 max_pixels=self.max_pixels, min_pixels=self.min_pixels)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.predict_dataset(), batch_size=self.batch_size, shuffle=False,
+        dataset = self.predict_dataset()
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        sampler = StridedShardSampler(dataset, world, trainer.global_rank) if world > 1 else None
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=collate_items)
