@@ -6,7 +6,8 @@ Environment:
 - FORCE_CUDA=1: build the CUDA kernels or fail (CI); FORCE_CUDA=0: CPU kernels only (fast local
   iteration). Unset: CUDA kernels when torch is a CUDA build and nvcc is found under CUDA_HOME.
 - CUDA_HOME (or CUDA_PATH): the CUDA toolkit's folder. torch's own guess follows `nvcc` on PATH,
-  which can be a wrapper script outside the toolkit, so set it explicitly.
+  which can be a wrapper script outside the toolkit; a folder counts only if it holds both
+  bin/nvcc and include/cuda_runtime.h (then torch's guess and /usr/local/cuda are tried).
 - TORCH_CUDA_ARCH_LIST: GPU architectures, default "8.0;9.0" (A100, H100).
 - MAX_JOBS: parallel compile jobs (ninja).
 """
@@ -26,9 +27,10 @@ CUDA_SOURCES = [f"{CSRC}/entropy.cu", f"{CSRC}/value_update.cu"]
 
 
 def cuda_home() -> str | None:
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        home = os.environ.get(var)
-        if home and (Path(home) / "bin" / "nvcc").exists():
+    """The toolkit folder: one holding bin/nvcc and include/cuda_runtime.h (not a wrapper's)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    for home in candidates:
+        if home and (Path(home) / "bin" / "nvcc").exists() and (Path(home) / "include" / "cuda_runtime.h").exists():
             return home
     return None
 
@@ -42,7 +44,7 @@ def want_cuda() -> bool:
         if torch.version.cuda is None:
             raise SystemExit("FORCE_CUDA=1 but the installed torch is a CPU-only build")
         if home is None:
-            raise SystemExit("FORCE_CUDA=1 but no nvcc under $CUDA_HOME/$CUDA_PATH: set CUDA_HOME to the toolkit's folder")
+            raise SystemExit("FORCE_CUDA=1 but no CUDA toolkit found: set CUDA_HOME to the folder holding bin/nvcc")
         return True
     return torch.version.cuda is not None and home is not None
 

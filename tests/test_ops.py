@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -313,3 +315,10 @@ def test_cpu_kernels_registered(name):
 @pytest.mark.parametrize("name", OPS)
 def test_cuda_kernels_registered(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vreason::{name}", "CUDA")
+
+
+def test_missing_extension_gives_one_line_import_error():
+    code = "import sys; sys.modules['vreason._C'] = None\nimport vreason.ops"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "ImportError: vreason._C is not built: run `pip install -e . --no-build-isolation`" in proc.stderr

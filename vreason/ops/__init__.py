@@ -13,6 +13,9 @@ Errors: a logits row that is all `-inf` or holds NaN/+inf, and an out-of-range p
 on CPU. On CUDA checking would need a device→host sync per call, so by default a bad entropy row
 gives NaN and an out-of-range position is skipped (nothing written out of bounds); set
 VREASON_CUDA_CHECKS=1 to have the CUDA ops sync and raise the same errors.
+
+CPU: the entropy row loops use AVX2/FMA/F16C when the CPU has them (chosen at run time);
+VREASON_DISABLE_SIMD=1 at import forces the scalar path.
 """
 from __future__ import annotations
 
