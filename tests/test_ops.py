@@ -81,6 +81,16 @@ def test_entropy_one_element_rows_and_float64():
     torch.testing.assert_close(h, reference.entropy(z64), rtol=1e-12, atol=1e-12)
 
 
+def test_non_contiguous_inputs():
+    z = logits_of((300, 6), torch.float32, masked=0.2).t()  # rows strided in memory
+    assert not z.is_contiguous()
+    torch.testing.assert_close(ops.entropy(z), reference.entropy(z), rtol=1e-5, atol=1e-5)
+    v0, delta = values_of((64, 3, 5))
+    v0, delta = v0.transpose(0, 2), delta.transpose(0, 2)
+    assert not v0.is_contiguous()
+    torch.testing.assert_close(ops.value_update(v0, delta), reference.value_update(v0, delta), rtol=1e-5, atol=1e-6)
+
+
 def test_entropy_known_values():
     # Uniform over V: log V; logits of magnitude 1e4 that tie: log 2 (absolute form would lose it).
     assert ops.entropy(torch.zeros(1, 1000)).item() == pytest.approx(torch.log(torch.tensor(1000.0)).item(), rel=1e-6)
