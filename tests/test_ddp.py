@@ -76,4 +76,5 @@ def test_resume_with_fewer_samples_left_than_processes(tmp_path):
     assert sorted(keys) == [f"Synthetic/{i}" for i in range(3)]
     assert keys.count(dropped) == 1
     merged = json.loads((root / "results" / "eval_Synthetic.json").read_text())
-    assert [r["key"] for r in merged["results"]] == [f"Synthetic/{i}" for i in range(3)]
+    entries = json.loads(bench.read_text())
+    assert [r["path"] for r in merged["results"]] == [e["path"] for e in entries]

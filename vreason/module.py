@@ -97,7 +97,8 @@ class VReasonModule(LightningModule):
     # ------------------------------------------------------------------ per sample
 
     def predict_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        records = [self._predict_item(item) for item in batch]
+        # Padding items only keep DDP shards equally long (BenchmarkDataModule): no record.
+        records = [self._predict_item(item) for item in batch if not item.get("padding")]
         for record in records:
             self.metrics.update(record)
             self._account(record)

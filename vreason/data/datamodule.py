@@ -37,24 +37,29 @@ def collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(batch)
 
 
-class StridedShardSampler(DistributedSampler):
-    """Rank r takes samples r, r + world, r + 2·world, ...: each sample exactly once, no padding.
+PADDING = {"sample": None, "inputs": None, "error": None, "meta": None, "padding": True}
 
-    Lightning's own predict sampler pads shards to equal length (a padded sample would be written
-    twice) and refuses a rank with nothing to do, which happens when a resumed run has fewer
-    samples left than processes. An empty shard is harmless here: the model is never wrapped for
-    DDP, and the only collectives run at the end of predict, which every rank reaches. Being a
-    `DistributedSampler`, Lightning leaves it in place.
+
+class StridedShardSampler(DistributedSampler):
+    """Rank r takes samples r, r + world, r + 2·world, ...: each sample exactly once.
+
+    Lightning's own predict sampler pads shards with repeated samples (a repeated sample would be
+    generated and written twice). Here every shard is padded to the same length, at least one,
+    with indices past the dataset's end, which the dataset turns into `PADDING` items that the
+    module skips. Equal lengths keep every rank in the predict loop: a rank with no batch would
+    skip the end-of-predict collectives and leave the others waiting (e.g. a resumed run with
+    fewer samples left than processes). Being a `DistributedSampler`, Lightning leaves it alone.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.per_rank = max(1, -(-len(dataset) // num_replicas))
 
     def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(range(self.rank, self.per_rank * self.num_replicas, self.num_replicas))
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
+        return self.per_rank
 
 
 class BenchmarkDataset(Dataset):
@@ -74,6 +79,8 @@ class BenchmarkDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if i >= len(self.samples):  # shard padding (StridedShardSampler)
+            return dict(PADDING)
         sample = self.samples[i]
         item: dict[str, Any] = {"sample": sample, "inputs": None, "error": sample.error, "meta": None}
         if sample.error:
@@ -148,8 +155,6 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.template = template
         self.exclude_keys: set[str] = set()
-        # A resumed DDP run may leave a rank with no samples (see StridedShardSampler).
-        self.allow_zero_length_dataloader_with_multiple_devices = True
         self.processor: Any = None
         self._samples: list[Sample] | None = None
 
