@@ -20,8 +20,9 @@ bool supported() {
 namespace {
 
 // Below this shift e^x is under float's normal range; such terms are dropped (set to 0), which
-// changes s >= 1 by less than one ulp and keeps -inf logits (masked tokens) at exactly 0.
-constexpr float kMinShift = -87.0f;
+// changes s >= 1 by less than one ulp and keeps -inf logits (masked tokens) at exactly 0. At
+// -86, 2^n stays a normal number for exp8's exponent-field add.
+constexpr float kMinShift = -86.0f;
 
 VR_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 
@@ -54,9 +55,10 @@ VR_AVX2 inline void store8(c10::Half* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
-// e^x for x in [kMinShift, 0] (callers clamp; Cephes expf: x = n ln2 + r, degree-5 polynomial
-// in r, 2^n from the exponent bits); about 1 ulp. n is rounded with the 1.5·2^23 trick: after
-// the add its low mantissa bits hold n as an integer, saving a round and a convert.
+// e^x for x in [kMinShift, 0]; any other input gives garbage, which callers mask (Cephes
+// expf: x = n ln2 + r, degree-5 polynomial in r; about 1 ulp). The FMA pipes bound this loop, so
+// n is rounded with the 1.5·2^23 trick (its low mantissa bits then hold n as an integer) and
+// 2^n is applied as an integer add to y's exponent field instead of a multiply.
 VR_AVX2 inline __m256 exp8(__m256 x) {
   const __m256 magic = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23
   const __m256 shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
@@ -70,20 +72,17 @@ VR_AVX2 inline __m256 exp8(__m256 x) {
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  // n + 127 in [1, 127] sits in the low bits of `shifted`; move it into the exponent field.
-  const __m256i pow2n = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_castps_si256(magic)),
-                       _mm256_set1_epi32(127)),
-      23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
+  const __m256i n_int = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_castps_si256(magic));
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(n_int, 23)));
 }
 
-// e^x with terms below kMinShift (and -inf) exactly 0, and the clamped shift for the e·x term.
-VR_AVX2 inline __m256 exp_shifted(__m256 x, __m256* clamped) {
-  const __m256 lo = _mm256_set1_ps(kMinShift);
-  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
-  *clamped = _mm256_max_ps(x, lo);
-  return _mm256_and_ps(exp8(*clamped), keep);
+// e^x with terms below kMinShift (and -inf) exactly 0, and x with those lanes zeroed for the
+// e·x term (so -inf gives 0, not 0·-inf). NaN lanes stay NaN in both, so a NaN logit turns the
+// row's sum into NaN, which the caller reports.
+VR_AVX2 inline __m256 exp_shifted(__m256 x, __m256* masked_x) {
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kMinShift), _CMP_NLT_UQ);  // x >= min, or NaN
+  *masked_x = _mm256_and_ps(x, keep);
+  return _mm256_and_ps(exp8(x), keep);
 }
 
 VR_AVX2 inline float hsum(__m256 v) {
@@ -115,29 +114,26 @@ VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n) {
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     const T* p = z + c0;
     const int64_t len = std::min(kChunk, n - c0);
+    // max_ps(a, mx) returns mx when a is NaN, so NaN never becomes the chunk's max; NaN is
+    // caught by the exp pass below (it makes the sums NaN).
     __m256 mx0 = _mm256_set1_ps(-kInf), mx1 = mx0;
-    __m256 unordered = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= len; i += 16) {
-      const __m256 a = load8(p + i), b = load8(p + i + 8);
-      mx0 = _mm256_max_ps(mx0, a);
-      mx1 = _mm256_max_ps(mx1, b);
-      unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+      mx0 = _mm256_max_ps(load8(p + i), mx0);
+      mx1 = _mm256_max_ps(load8(p + i + 8), mx1);
     }
-    for (; i + 8 <= len; i += 8) {
-      const __m256 a = load8(p + i);
-      mx0 = _mm256_max_ps(mx0, a);
-      unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
-    }
+    for (; i + 8 <= len; i += 8) mx0 = _mm256_max_ps(load8(p + i), mx0);
     float chunk_max = hmax(_mm256_max_ps(mx0, mx1));
-    bool has_nan = _mm256_movemask_ps(unordered) != 0;
     for (int64_t j = i; j < len; ++j) {
       const float v = static_cast<float>(p[j]);
-      has_nan |= std::isnan(v);
       chunk_max = v > chunk_max ? v : chunk_max;
     }
-    if (has_nan) return {m, NAN, NAN};
-    if (chunk_max == -kInf) continue;  // every element masked: contributes 0
+    if (chunk_max == -kInf) {  // every element -inf (contributes 0) or NaN: the rare path
+      for (int64_t j = 0; j < len; ++j) {
+        if (std::isnan(static_cast<float>(p[j]))) return {m, NAN, NAN};
+      }
+      continue;
+    }
     if (chunk_max == kInf) return {kInf, NAN, NAN};
     if (chunk_max > m) {
       if (m != -kInf) {
@@ -153,14 +149,16 @@ VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n) {
     }
     const __m256 vm = _mm256_set1_ps(m);
     i = 0;
-    for (; i + 16 <= len; i += 16) {
-      __m256 xa, xb;
+    for (; i + 32 <= len; i += 32) {
+      __m256 xa, xb, xc, xd;
       const __m256 ea = exp_shifted(_mm256_sub_ps(load8(p + i), vm), &xa);
       const __m256 eb = exp_shifted(_mm256_sub_ps(load8(p + i + 8), vm), &xb);
-      s0 = _mm256_add_ps(s0, ea);
-      s1 = _mm256_add_ps(s1, eb);
-      t0 = _mm256_fmadd_ps(ea, xa, t0);
-      t1 = _mm256_fmadd_ps(eb, xb, t1);
+      const __m256 ec = exp_shifted(_mm256_sub_ps(load8(p + i + 16), vm), &xc);
+      const __m256 ed = exp_shifted(_mm256_sub_ps(load8(p + i + 24), vm), &xd);
+      s0 = _mm256_add_ps(s0, _mm256_add_ps(ea, ec));
+      s1 = _mm256_add_ps(s1, _mm256_add_ps(eb, ed));
+      t0 = _mm256_fmadd_ps(ea, xa, _mm256_fmadd_ps(ec, xc, t0));
+      t1 = _mm256_fmadd_ps(eb, xb, _mm256_fmadd_ps(ed, xd, t1));
     }
     for (; i + 8 <= len; i += 8) {
       __m256 xa;

@@ -32,21 +32,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def median_ms(fn, repeats: int, device: torch.device) -> float:
+def paired_median_ms(fused, eager, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median ms of each; the two alternate run by run, so both see the same background load
+    (the cores here are shared, and load shifts between separate timing loops)."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    times = {fused: [], eager: []}
     for _ in range(3):
-        fn()
+        fused(), eager()
     sync()
-    times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for fn in (fused, eager):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[fn].append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[fused]), 1e3 * statistics.median(times[eager])
 
 
 def eager_entropy(z: torch.Tensor) -> torch.Tensor:
@@ -66,18 +69,15 @@ def entropy_cases(device, repeats):
             z = (torch.randn(batch, VOCAB, device=device) * 4).to(dtype)
             g = torch.randn(batch, device=device)
             name = f"entropy fwd      [{batch}, {VOCAB}] {str(dtype).removeprefix('torch.')}"
-            fused = median_ms(lambda: ops.entropy(z), repeats, device)
-            eager = median_ms(lambda: eager_entropy(z), repeats, device)
-            rows.append((name, fused, eager))
+            rows.append((name, *paired_median_ms(lambda: ops.entropy(z), lambda: eager_entropy(z), repeats, device)))
 
             def fwd_bwd(fn):
                 leaf = z.detach().requires_grad_(True)
                 torch.autograd.grad(fn(leaf), leaf, grad_outputs=g)
 
             name = f"entropy fwd+bwd  [{batch}, {VOCAB}] {str(dtype).removeprefix('torch.')}"
-            fused = median_ms(lambda: fwd_bwd(ops.entropy), repeats, device)
-            eager = median_ms(lambda: fwd_bwd(eager_entropy), repeats, device)
-            rows.append((name, fused, eager))
+            rows.append((name, *paired_median_ms(lambda: fwd_bwd(ops.entropy), lambda: fwd_bwd(eager_entropy),
+                                                 repeats, device)))
     return rows
 
 
@@ -91,8 +91,8 @@ def value_update_cases(device, repeats):
         leaf = delta.detach().requires_grad_(True)
         torch.autograd.grad(fn(v0, leaf), leaf, grad_outputs=g)
 
-    rows = [(f"value_update fwd+bwd {list(shape)} float32", median_ms(lambda: fwd_bwd(ops.value_update), repeats, device),
-             median_ms(lambda: fwd_bwd(eager_value_update), repeats, device))]
+    rows = [(f"value_update fwd+bwd {list(shape)} float32",
+             *paired_median_ms(lambda: fwd_bwd(ops.value_update), lambda: fwd_bwd(eager_value_update), repeats, device))]
 
     cache = torch.randn(1, 4, 4096, 128, device=device, dtype=torch.bfloat16)
     positions = torch.randperm(4096, device=device)[:2048]
@@ -100,9 +100,8 @@ def value_update_cases(device, repeats):
     def eager_inplace():
         cache[:, :, positions] = eager_value_update(v0, delta).to(cache.dtype)
 
-    rows.append((f"value_update_ into bf16 cache [1, 4, 4096, 128] @2048",
-                 median_ms(lambda: ops.value_update_(cache, positions, v0, delta), repeats, device),
-                 median_ms(eager_inplace, repeats, device)))
+    rows.append(("value_update_ into bf16 cache [1, 4, 4096, 128] @2048",
+                 *paired_median_ms(lambda: ops.value_update_(cache, positions, v0, delta), eager_inplace, repeats, device)))
     return rows
 
 
