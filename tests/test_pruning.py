@@ -80,7 +80,9 @@ def record_decode_positions(model, run):
     seen = []
 
     def hook(module, args, kwargs):
-        if kwargs.get("past_key_values") is not None and kwargs["past_key_values"].get_seq_length() > 0:
+        # transformers 5.24 renamed generate's `past_key_values` keyword to `cache`.
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        if cache is not None and cache.get_seq_length() > 0:
             seen.append(kwargs["position_ids"].clone())
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)
