@@ -104,8 +104,11 @@ VR_AVX2 inline float hmax(__m256 v) {
 // chunk instead of per element (the element-wise online update needs two exps per element).
 constexpr int64_t kChunk = 2048;
 
-template <typename T>
-VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n) {
+// With kStore the pass also writes e[i] = e^{z_i − m_c} (0 for z_i − m_c below kMinShift) and
+// chunk_m[c] = m_c, the running max chunk c was shifted by: the backward then rescales e by
+// e^{m_c − m} once the row's max m is known, instead of evaluating a second exp per element.
+template <typename T, bool kStore>
+VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n, float* e, float* chunk_m) {
   constexpr float kInf = INFINITY;
   float m = -kInf;
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -132,6 +135,10 @@ VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n) {
       for (int64_t j = 0; j < len; ++j) {
         if (std::isnan(static_cast<float>(p[j]))) return {m, NAN, NAN};
       }
+      if constexpr (kStore) {
+        std::fill(e + c0, e + c0 + len, 0.f);
+        chunk_m[c0 / kChunk] = m;
+      }
       continue;
     }
     if (chunk_max == kInf) return {kInf, NAN, NAN};
@@ -148,6 +155,8 @@ VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n) {
       m = chunk_max;
     }
     const __m256 vm = _mm256_set1_ps(m);
+    float* ep = kStore ? e + c0 : nullptr;
+    if constexpr (kStore) chunk_m[c0 / kChunk] = m;
     i = 0;
     for (; i + 32 <= len; i += 32) {
       __m256 xa, xb, xc, xd;
@@ -155,6 +164,12 @@ VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n) {
       const __m256 eb = exp_shifted(_mm256_sub_ps(load8(p + i + 8), vm), &xb);
       const __m256 ec = exp_shifted(_mm256_sub_ps(load8(p + i + 16), vm), &xc);
       const __m256 ed = exp_shifted(_mm256_sub_ps(load8(p + i + 24), vm), &xd);
+      if constexpr (kStore) {
+        store8(ep + i, ea);
+        store8(ep + i + 8, eb);
+        store8(ep + i + 16, ec);
+        store8(ep + i + 24, ed);
+      }
       s0 = _mm256_add_ps(s0, _mm256_add_ps(ea, ec));
       s1 = _mm256_add_ps(s1, _mm256_add_ps(eb, ed));
       t0 = _mm256_fmadd_ps(ea, xa, _mm256_fmadd_ps(ec, xc, t0));
@@ -163,6 +178,7 @@ VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n) {
     for (; i + 8 <= len; i += 8) {
       __m256 xa;
       const __m256 ea = exp_shifted(_mm256_sub_ps(load8(p + i), vm), &xa);
+      if constexpr (kStore) store8(ep + i, ea);
       s0 = _mm256_add_ps(s0, ea);
       t0 = _mm256_fmadd_ps(ea, xa, t0);
     }
@@ -170,11 +186,12 @@ VR_AVX2 math::EntropyState<float> entropy_state_impl(const T* z, int64_t n) {
     // share the final m and need no rescaling.
     for (; i < len; ++i) {
       const float v = static_cast<float>(p[i]);
-      if (v == -kInf) continue;
       const float x = v - m;
-      const float e = std::exp(x);
-      tail_s += e;
-      tail_t += e * x;
+      const float ex = v == -kInf ? 0.f : std::exp(x);
+      if constexpr (kStore) ep[i] = ex;
+      if (ex == 0.f) continue;  // -inf (masked), or too small to change s and t
+      tail_s += ex;
+      tail_t += ex * x;
     }
   }
   return {m, hsum(_mm256_add_ps(s0, s1)) + tail_s, hsum(_mm256_add_ps(t0, t1)) + tail_t};
@@ -194,11 +211,68 @@ VR_AVX2 void entropy_grad_impl(const T* z, int64_t n, const math::EntropyGradRow
   for (; i < n; ++i) out[i] = static_cast<T>(math::entropy_grad_elem(row, static_cast<float>(z[i])));
 }
 
+// out[i] = coef · e^{z_i−m} · (z_i − m + offset) with e^{z_i−m} = e[i] · e^{m_c − m}: loads and
+// FMAs only, one exp per chunk. Lanes with z_i − m below kMinShift (and -inf) give exactly 0,
+// as in entropy_grad_impl. out may alias e (each vector is read before it is written).
+VR_AVX2 void entropy_grad_from_exp_impl(const float* z, int64_t n, const float* e, const float* chunk_m,
+                                        const math::EntropyGradRow<float>& row, float* out) {
+  const __m256 vm = _mm256_set1_ps(row.m);
+  const __m256 offset = _mm256_set1_ps(row.offset);
+  const __m256 vmin = _mm256_set1_ps(kMinShift);
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t len = std::min(kChunk, n - c0);
+    // chunk_m <= m; an all -inf chunk before the first finite logit has chunk_m = -inf: scale 0.
+    const float scale = row.coef * std::exp(chunk_m[c0 / kChunk] - row.m);
+    const __m256 vscale = _mm256_set1_ps(scale);
+    const float* zp = z + c0;
+    const float* ep = e + c0;
+    float* op = out + c0;
+    int64_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m256 xa = _mm256_sub_ps(_mm256_loadu_ps(zp + i), vm);
+      const __m256 xb = _mm256_sub_ps(_mm256_loadu_ps(zp + i + 8), vm);
+      const __m256 ka = _mm256_cmp_ps(xa, vmin, _CMP_NLT_UQ);
+      const __m256 kb = _mm256_cmp_ps(xb, vmin, _CMP_NLT_UQ);
+      const __m256 ga = _mm256_mul_ps(_mm256_mul_ps(vscale, _mm256_loadu_ps(ep + i)), _mm256_add_ps(xa, offset));
+      const __m256 gb = _mm256_mul_ps(_mm256_mul_ps(vscale, _mm256_loadu_ps(ep + i + 8)), _mm256_add_ps(xb, offset));
+      _mm256_storeu_ps(op + i, _mm256_and_ps(ga, ka));
+      _mm256_storeu_ps(op + i + 8, _mm256_and_ps(gb, kb));
+    }
+    for (; i + 8 <= len; i += 8) {
+      const __m256 xa = _mm256_sub_ps(_mm256_loadu_ps(zp + i), vm);
+      const __m256 ka = _mm256_cmp_ps(xa, vmin, _CMP_NLT_UQ);
+      const __m256 ga = _mm256_mul_ps(_mm256_mul_ps(vscale, _mm256_loadu_ps(ep + i)), _mm256_add_ps(xa, offset));
+      _mm256_storeu_ps(op + i, _mm256_and_ps(ga, ka));
+    }
+    for (; i < len; ++i) {
+      const float x = zp[i] - row.m;
+      op[i] = zp[i] == -INFINITY ? 0.f : scale * ep[i] * (x + row.offset);
+    }
+  }
+}
+
 }  // namespace
 
-math::EntropyState<float> entropy_state(const float* z, int64_t n) { return entropy_state_impl(z, n); }
-math::EntropyState<float> entropy_state(const c10::BFloat16* z, int64_t n) { return entropy_state_impl(z, n); }
-math::EntropyState<float> entropy_state(const c10::Half* z, int64_t n) { return entropy_state_impl(z, n); }
+math::EntropyState<float> entropy_state(const float* z, int64_t n) {
+  return entropy_state_impl<float, false>(z, n, nullptr, nullptr);
+}
+math::EntropyState<float> entropy_state(const c10::BFloat16* z, int64_t n) {
+  return entropy_state_impl<c10::BFloat16, false>(z, n, nullptr, nullptr);
+}
+math::EntropyState<float> entropy_state(const c10::Half* z, int64_t n) {
+  return entropy_state_impl<c10::Half, false>(z, n, nullptr, nullptr);
+}
+
+int64_t exp_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
+
+math::EntropyState<float> entropy_state_exp(const float* z, int64_t n, float* e, float* chunk_m) {
+  return entropy_state_impl<float, true>(z, n, e, chunk_m);
+}
+
+void entropy_grad_from_exp(const float* z, int64_t n, const float* e, const float* chunk_m,
+                           const math::EntropyGradRow<float>& row, float* out) {
+  entropy_grad_from_exp_impl(z, n, e, chunk_m, row, out);
+}
 
 void entropy_grad(const float* z, int64_t n, const math::EntropyGradRow<float>& row, float* out) {
   entropy_grad_impl(z, n, row, out);

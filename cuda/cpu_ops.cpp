@@ -76,6 +76,19 @@ RowSplit split_rows(int64_t rows, int64_t n) {
   return {parts, part_len, std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, part_len))};
 }
 
+// Row states from the states of each row's parts (task order: row-major).
+template <typename State>
+std::vector<State> merge_parts(const std::vector<State>& parts, int64_t rows, const RowSplit& split) {
+  if (split.parts == 1) return parts;
+  std::vector<State> states(rows);
+  for (int64_t row = 0; row < rows; ++row) {
+    State st = parts[row * split.parts];
+    for (int64_t part = 1; part < split.parts; ++part) st = math::entropy_merge(st, parts[row * split.parts + part]);
+    states[row] = st;
+  }
+  return states;
+}
+
 // Entropy states of every row of z ([rows, n] contiguous).
 template <typename scalar_t>
 std::vector<math::EntropyState<acc_type<scalar_t>>> entropy_row_states(const scalar_t* z, int64_t rows, int64_t n,
@@ -89,14 +102,7 @@ std::vector<math::EntropyState<acc_type<scalar_t>>> entropy_row_states(const sca
       parts[task] = entropy_range(z + row * n + lo, hi - lo, simd);
     }
   });
-  if (split.parts == 1) return parts;
-  std::vector<State> states(rows);
-  for (int64_t row = 0; row < rows; ++row) {
-    State st = parts[row * split.parts];
-    for (int64_t part = 1; part < split.parts; ++part) st = math::entropy_merge(st, parts[row * split.parts + part]);
-    states[row] = st;
-  }
-  return states;
+  return merge_parts(parts, rows, split);
 }
 
 template <typename State>
@@ -104,6 +110,65 @@ void require_finite_rows(const char* op, const std::vector<State>& states, const
   for (int64_t row = 0; row < static_cast<int64_t>(states.size()); ++row) {
     if (!math::entropy_row_ok(states[row])) fail_bad_entropy_row(op, row, logits);
   }
+}
+
+// The float32 AVX2 backward: the first pass keeps e^{z−m_c} in the gradient's own buffer (see
+// avx2::entropy_state_exp), so the second pass rescales it with loads and multiplies instead of a
+// second exp per element; an unsplit row runs both passes in one task, while the row is still in
+// that core's cache. A bad row's gradient is left unwritten: the op throws for it below.
+void entropy_backward_f32_avx2(const float* z, int64_t rows, int64_t n, const RowSplit& split, const float* h,
+                               const float* g, float* out, const at::Tensor& logits) {
+  using State = math::EntropyState<float>;
+  const int64_t part_chunks = avx2::exp_chunks(split.part_len);
+  std::vector<float> chunk_m(rows * split.parts * part_chunks);
+  if (split.parts == 1) {
+    std::vector<State> states(rows);
+    at::parallel_for(0, rows, split.grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const float* zr = z + row * n;
+        float* o = out + row * n;
+        float* cm = chunk_m.data() + row * part_chunks;
+        states[row] = avx2::entropy_state_exp(zr, n, o, cm);
+        if (!math::entropy_row_ok(states[row])) continue;
+        avx2::entropy_grad_from_exp(zr, n, o, cm, math::entropy_grad_row(states[row], h[row], g[row]), o);
+      }
+    });
+    require_finite_rows("entropy_backward", states, logits);
+    return;
+  }
+  std::vector<State> parts(rows * split.parts);
+  at::parallel_for(0, rows * split.parts, split.grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / split.parts, part = task % split.parts;
+      const int64_t lo = part * split.part_len, hi = std::min(n, lo + split.part_len);
+      parts[task] = avx2::entropy_state_exp(z + row * n + lo, hi - lo, out + row * n + lo,
+                                            chunk_m.data() + task * part_chunks);
+    }
+  });
+  const auto states = merge_parts(parts, rows, split);
+  require_finite_rows("entropy_backward", states, logits);
+  std::vector<math::EntropyGradRow<float>> consts(rows);
+  for (int64_t row = 0; row < rows; ++row) consts[row] = math::entropy_grad_row(states[row], h[row], g[row]);
+  at::parallel_for(0, rows * split.parts, split.grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / split.parts, part = task % split.parts;
+      const int64_t lo = part * split.part_len, hi = std::min(n, lo + split.part_len);
+      float* o = out + row * n + lo;
+      avx2::entropy_grad_from_exp(z + row * n + lo, hi - lo, o, chunk_m.data() + task * part_chunks, consts[row], o);
+    }
+  });
+}
+
+// Runs the float32 AVX2 backward above; false for the other dtypes (their reduced-precision
+// buffer cannot hold e^{z−m_c} without rounding it twice), which take the two-exp path.
+template <typename scalar_t, typename acc_t>
+bool entropy_backward_exp_reuse(const scalar_t* z, int64_t rows, int64_t n, const RowSplit& split, const acc_t* h,
+                                const acc_t* g, scalar_t* out, const at::Tensor& logits) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    entropy_backward_f32_avx2(z, rows, n, split, h, g, out, logits);
+    return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -144,12 +209,15 @@ at::Tensor entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& logits
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "vreason::entropy_backward", [&] {
     using acc_t = acc_type<scalar_t>;
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
-    const auto states = entropy_row_states(zp, rows, n, split, simd);
-    require_finite_rows("entropy_backward", states, logits);
     const at::Tensor gh = grad.contiguous().to(h.scalar_type());
     const at::Tensor hc = h.contiguous();
     const acc_t* gp = gh.const_data_ptr<acc_t>();
     const acc_t* hp = hc.const_data_ptr<acc_t>();
+    if (simd && entropy_backward_exp_reuse(zp, rows, n, split, hp, gp, grad_logits.mutable_data_ptr<scalar_t>(), logits)) {
+      return;
+    }
+    const auto states = entropy_row_states(zp, rows, n, split, simd);
+    require_finite_rows("entropy_backward", states, logits);
     std::vector<math::EntropyGradRow<acc_t>> consts(rows);
     for (int64_t row = 0; row < rows; ++row) consts[row] = math::entropy_grad_row(states[row], hp[row], gp[row]);
     scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
