@@ -228,3 +228,21 @@ def test_switch_rounds_move_entropy_the_way_alpha_says(models):
     moved = torch.sign(res.entropy_after - res.entropy).to(torch.int8)
     assert res.updated.all() and set(res.alpha.tolist()) == {-1, 1}  # both regimes occur
     assert torch.equal(moved, res.alpha)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_off_with_repetition_penalty_matches_generate(models, do_sample):
+    # Real checkpoints ship repetition_penalty=1.05, which generate applies by default; a strong
+    # penalty on the tiny model changes the greedy path, so equality checks the rule, not luck.
+    model, processor = models["default"]
+    inputs = video_inputs(processor, seed=4)
+    decode = DecodeConfig(max_new_tokens=16, do_sample=do_sample, temperature=0.8, top_k=50, seed=7,
+                          repetition_penalty=1.8)
+    plain = model.generate(**inputs, do_sample=False, max_new_tokens=16)
+    torch.manual_seed(decode.seed)
+    extra = dict(temperature=0.8, top_k=50) if do_sample else {}
+    expected = model.generate(**inputs, do_sample=do_sample, max_new_tokens=16, repetition_penalty=1.8, **extra)
+    res = VReasonGenerator(model, ControllerConfig(mode="off"), decode).generate(**inputs)
+    assert torch.equal(res.sequences, expected)
+    if not do_sample:
+        assert not torch.equal(expected, plain)

@@ -12,7 +12,7 @@ from transformers.generation.logits_process import (
 )
 
 from vreason.config import DecodeConfig
-from vreason.sampling import TokenSampler, filter_logits
+from vreason.sampling import TokenSampler, filter_logits, penalize_repetition
 
 
 def hf_filter(scores, temperature, top_k, top_p, min_p):
@@ -84,3 +84,26 @@ def test_sampling_draws_like_generate_with_the_same_seed():
     torch.manual_seed(5)
     probs = torch.softmax(hf_filter(logits.float(), 0.8, 0, 0.9, 0.02), -1)
     assert ours == torch.multinomial(probs, 1).squeeze(-1).tolist()
+
+
+def test_repetition_penalty_matches_transformers_processor():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(1, 300, generator=g) * 4
+    ids = torch.tensor([[3, 17, 17, 250, 299, 0]])
+    seen = torch.zeros(300, dtype=torch.bool)
+    seen[ids[0]] = True
+    for penalty in (0.7, 1.05, 2.0):
+        expected = RepetitionPenaltyLogitsProcessor(penalty)(ids, scores.clone())
+        assert torch.equal(penalize_repetition(scores, seen, penalty), expected)
+
+
+def test_sampler_marks_chosen_tokens_as_seen():
+    logits = torch.tensor([[0.0, 5.0, 4.0, -1.0]])
+    sampler = TokenSampler(DecodeConfig(repetition_penalty=4.0), prompt_ids=torch.tensor([[0]]), vocab_size=4)
+    assert sampler(logits).item() == 1  # 5.0 beats 4.0 before 1 was seen
+    assert sampler(logits).item() == 2  # now 5.0 / 4 < 4.0
+    assert sampler.seen.tolist() == [True, True, True, False]
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        DecodeConfig(repetition_penalty=0.0)

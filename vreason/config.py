@@ -56,7 +56,10 @@ class DecodeConfig:
 
     With `do_sample=True` the filters apply in transformers' order: temperature, top-k, top-p,
     min-p. `seed` seeds a per-sample generator so a sample's output does not depend on the order
-    samples run in.
+    samples run in. `repetition_penalty` (transformers' rule: the logits of every token already in
+    the prompt or the output are divided by it when positive, multiplied when negative) applies
+    before them, greedy included; 1.0 turns it off. Real Qwen2.5-VL checkpoints ship 1.05 in their
+    generation config, which `model.generate` applies by default: set it here for parity.
     """
 
     max_new_tokens: int = 1024
@@ -66,6 +69,7 @@ class DecodeConfig:
     top_p: float = 1.0
     min_p: float = 0.0
     seed: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -78,6 +82,8 @@ class DecodeConfig:
             raise ValueError(f"decode.top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p < 1.0:
             raise ValueError(f"decode.min_p must be in [0, 1), got {self.min_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"decode.repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 @dataclass

@@ -107,7 +107,7 @@ class VReasonGenerator:
                 logits = rerun_last_prompt_token(adapter, cache, prompt, prefill.next_position_ids - 1)
             controller = ValueController(adapter, cfg, cache, video_index) if control else None
             switch = EntropySwitch(cfg.mode, cfg.ema_beta, device)
-            sampler = TokenSampler(dcfg, device)
+            sampler = TokenSampler(dcfg, device, prompt_ids=prompt[0], vocab_size=logits.shape[-1])
 
             max_new = dcfg.max_new_tokens
             tokens = torch.zeros(max_new, dtype=torch.int64, device=device)

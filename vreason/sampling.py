@@ -1,4 +1,5 @@
-"""Choosing the next token: greedy, or sampling with temperature → top-k → top-p → min-p.
+"""Choosing the next token: repetition penalty, then greedy, or sampling with temperature →
+top-k → top-p → min-p.
 
 The filters follow transformers' logits warpers exactly (same order as `generate` applies them,
 same tie and boundary rules, `min_tokens_to_keep=1`), and the logits are first copied to
@@ -12,7 +13,14 @@ import torch
 
 from vreason.config import DecodeConfig
 
-__all__ = ["TokenSampler", "filter_logits"]
+__all__ = ["TokenSampler", "filter_logits", "penalize_repetition"]
+
+
+def penalize_repetition(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty over a `[vocab]` mask of the tokens seen so far: their
+    scores are divided by `penalty` when positive and multiplied by it otherwise."""
+    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalized, scores)
 
 
 def filter_logits(
@@ -43,17 +51,37 @@ def filter_logits(
 
 
 class TokenSampler:
-    """`sampler(logits[batch, vocab]) -> LongTensor[batch]`; one instance per sample."""
+    """`sampler(logits[batch, vocab]) -> LongTensor[batch]`; one instance per sample.
 
-    def __init__(self, decode: DecodeConfig, device: torch.device | str = "cpu") -> None:
+    With a repetition penalty the sampler keeps a `[vocab]` mask of the tokens seen (the prompt's,
+    then each chosen token's, marked on the device without a host sync), rather than the growing
+    sequence: the penalty depends only on which tokens occurred.
+    """
+
+    def __init__(self, decode: DecodeConfig, device: torch.device | str = "cpu",
+                 prompt_ids: torch.Tensor | None = None, vocab_size: int | None = None) -> None:
         self.decode = decode
         self.generator: torch.Generator | None = None
         if decode.do_sample:
             self.generator = torch.Generator(device=torch.device(device))
             self.generator.manual_seed(int(decode.seed))
+        self.seen: torch.Tensor | None = None
+        if decode.repetition_penalty != 1.0:
+            if prompt_ids is None or vocab_size is None:
+                raise ValueError("a repetition penalty needs the prompt ids and the vocabulary size")
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=torch.device(device))
+            self.seen[prompt_ids.reshape(-1).to(self.seen.device)] = True
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         scores = logits.to(dtype=torch.float32, copy=True)
+        if self.seen is not None:
+            scores = penalize_repetition(scores, self.seen, self.decode.repetition_penalty)
+            token = self._choose(scores)
+            self.seen.index_fill_(0, token.reshape(-1), True)
+            return token
+        return self._choose(scores)
+
+    def _choose(self, scores: torch.Tensor) -> torch.Tensor:
         if not self.decode.do_sample:
             return torch.argmax(scores, dim=-1)
         d = self.decode
