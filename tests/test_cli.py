@@ -65,6 +65,18 @@ def test_missing_model_folder_exits_1_with_one_line(assets, tmp_path, capsys):
     assert error_line(capsys) == f"vreason predict: error: model folder not found: {tmp_path / 'no-such-model'}"
 
 
+def test_a_run_that_failed_before_any_sample_does_not_lock_its_folder(assets, tmp_path, capsys):
+    # A mistyped model path first, then the right one in the same folder: the second run works.
+    assert main(small(assets, tmp_path, "--model.model_path", str(tmp_path / "typo"))) == 1
+    capsys.readouterr()
+    assert main(small(assets, tmp_path)) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["benchmarks"]["Synthetic"]["n"] == assets["n"]
+    # Once records exist, a different setting in the same folder is refused.
+    assert main(small(assets, tmp_path, "--model.controller.mode", "minimize")) == 1
+    assert "different" in error_line(capsys)
+
+
 @pytest.mark.parametrize("content", [None, "{not json", '{"a": 1}'])
 def test_unreadable_benchmark_file_exits_1_with_one_line(assets, tmp_path, capsys, content):
     bench = tmp_path / "eval_Broken.json"

@@ -460,6 +460,10 @@ class PredictionWriter(BasePredictionWriter):
                 stored = json.loads(path.read_text())
             except ValueError:
                 stored = None
+            # Only records make a folder a resume: a run that failed before its first sample (a
+            # mistyped model path, say) must not lock the folder to its settings.
+            if stored is not None and stored != current and not any(prediction_files(pred_dir)):
+                stored = None
             if stored is not None and stored != current:
                 diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
                 raise ResumeMismatchError(
