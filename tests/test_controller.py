@@ -16,6 +16,7 @@ from vreason.models.adapter import adapter_for
 from vreason.models.tiny import build_tiny_model
 from vreason.ops import reference
 from vreason.pruning import prune_video_tokens, rerun_last_prompt_token
+from inputs import video_inputs
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +27,6 @@ def tiny(tmp_path_factory):
     return vreason.load_model(path, dtype="float32", device="cpu")
 
 
-def video_inputs(processor, seed=0, frames=4, side=112):
-    video = torch.randint(0, 256, (frames, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which direction does the square move?"}]}]
-    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return dict(processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False))
 
 
 def prefill_state(model, processor, decode_steps=0, prune_ratio=0.0):

@@ -8,6 +8,7 @@ import torch
 import vreason
 from vreason import ControllerConfig, DecodeConfig, VReasonGenerator, ops
 from vreason.models.tiny import build_tiny_model
+from inputs import video_inputs
 
 CONFIGS = {
     "default": dict(seed=0),
@@ -25,11 +26,6 @@ def models(tmp_path_factory):
     return out
 
 
-def video_inputs(processor, seed=0, frames=4, side=112, question="Which direction does the square move?"):
-    video = torch.randint(0, 256, (frames, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return dict(processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

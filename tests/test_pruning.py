@@ -9,6 +9,7 @@ from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
 from vreason.models.adapter import adapter_for
 from vreason.models.tiny import build_tiny_model
 from vreason.pruning import num_pruned, prune_video_tokens
+from inputs import video_inputs
 
 
 @pytest.fixture(scope="module")
@@ -17,17 +18,12 @@ def tiny(tmp_path_factory):
     return vreason.load_model(path, dtype="float32", device="cpu")
 
 
-def video_inputs(processor, seed=0, frames=4, side=112):
-    video = torch.randint(0, 256, (frames, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "How many shapes are there?"}]}]
-    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return dict(processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False))
 
 
 def prefill(model, processor):
     adapter = adapter_for(model)
     with torch.no_grad():
-        pre = adapter.prefill(adapter.prepare_inputs(video_inputs(processor)))
+        pre = adapter.prefill(adapter.prepare_inputs(video_inputs(processor, question='How many shapes are there?')))
     return adapter, pre
 
 
@@ -68,7 +64,7 @@ def test_ratio_zero_leaves_the_cache_alone_and_equals_no_pruning(tiny):
     for i, (k, v) in enumerate(before):
         assert adapter.cache_kv(pre.cache, i)[0] is k and adapter.cache_kv(pre.cache, i)[1] is v
         assert torch.equal(kept[i], pre.video_positions)
-    inputs = video_inputs(processor, seed=1)
+    inputs = video_inputs(processor, seed=1, question='How many shapes are there?')
     cfg = dict(mode="switch", lr=0.05, every_k=1)
     plain = VReasonGenerator(model, ControllerConfig(**cfg), DecodeConfig(max_new_tokens=8)).generate(**inputs)
     zero = VReasonGenerator(model, ControllerConfig(**cfg, prune_ratio=0.0), DecodeConfig(max_new_tokens=8)).generate(**inputs)
@@ -96,7 +92,7 @@ def record_decode_positions(model, run):
 @pytest.mark.parametrize("mode", ["off", "switch"])
 def test_pruned_run_keeps_the_unpruned_positions(tiny, mode):
     model, processor = tiny
-    inputs = video_inputs(processor, seed=2)
+    inputs = video_inputs(processor, seed=2, question='How many shapes are there?')
     n = 8
     hf, _ = record_decode_positions(model, lambda: model.generate(**inputs, do_sample=False, max_new_tokens=n))
     full, res_full = record_decode_positions(
