@@ -22,7 +22,8 @@ from torch.utils import cpp_extension
 
 ROOT = Path(__file__).parent
 CSRC = "cuda"
-CPU_SOURCES = [f"{CSRC}/ops.cpp", f"{CSRC}/cpu_ops.cpp", f"{CSRC}/cpu_avx2.cpp", f"{CSRC}/python_module.cpp"]
+CPU_SOURCES = [f"{CSRC}/ops.cpp", f"{CSRC}/cpu_ops.cpp", f"{CSRC}/cpu_avx2.cpp", f"{CSRC}/cpu_avx512.cpp",
+               f"{CSRC}/python_module.cpp"]
 CUDA_SOURCES = [f"{CSRC}/entropy.cu", f"{CSRC}/value_update.cu"]
 
 

@@ -1,6 +1,7 @@
 // CPU kernels of the vreason operators. The per-element and per-row arithmetic comes from
 // vreason_math.cuh (the CUDA kernels use the same functions); the float32/bf16/fp16 entropy row
-// loops use the AVX2 versions in cpu_avx2.cpp when the CPU has them.
+// loops use the AVX2 versions in cpu_avx2.cpp when the CPU has them, and float32 the AVX-512F
+// ones in cpu_avx512.cpp when it has those too.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "cpu_avx2.h"
+#include "cpu_avx512.h"
 #include "ops.h"
 #include "vreason_math.cuh"
 
@@ -19,18 +21,33 @@ namespace vreason {
 
 namespace {
 
-std::atomic<bool>& simd_switch() {
-  static std::atomic<bool> on{avx2::supported() && std::getenv("VREASON_DISABLE_SIMD") == nullptr};
-  return on;
+// Level 2 also needs AVX2: at that level bf16/fp16 still run the AVX2 loops (every AVX-512 CPU
+// has AVX2/FMA/F16C, so this only guards against an odd emulator).
+int detect_simd_level() {
+  if (!avx2::supported()) return 0;
+  return avx512::supported() ? 2 : 1;
+}
+
+int max_level() {
+  static const int level = detect_simd_level();
+  return level;
+}
+
+std::atomic<int>& simd_switch() {
+  static std::atomic<int> level{std::getenv("VREASON_DISABLE_SIMD") == nullptr ? max_level() : 0};
+  return level;
 }
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 template <typename scalar_t>
-math::EntropyState<acc_type<scalar_t>> entropy_range(const scalar_t* z, int64_t n, bool simd) {
+math::EntropyState<acc_type<scalar_t>> entropy_range(const scalar_t* z, int64_t n, int simd) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (simd >= 2) return avx512::entropy_state(z, n);
+  }
   if constexpr (!std::is_same_v<scalar_t, double>) {
-    if (simd) return avx2::entropy_state(z, n);
+    if (simd >= 1) return avx2::entropy_state(z, n);
   }
   // Blocks merged into the row state keep the float32 sums' rounding error at the level of the
   // SIMD and CUDA paths (short partial sums), instead of growing along a 152k-long serial sum.
@@ -48,7 +65,7 @@ math::EntropyState<acc_type<scalar_t>> entropy_range(const scalar_t* z, int64_t 
 
 template <typename scalar_t>
 void entropy_grad_range(const scalar_t* z, int64_t n, const math::EntropyGradRow<acc_type<scalar_t>>& row,
-                        scalar_t* out, bool simd) {
+                        scalar_t* out, int simd) {
   if constexpr (!std::is_same_v<scalar_t, double>) {
     if (simd) return avx2::entropy_grad(z, n, row, out);
   }
@@ -92,7 +109,7 @@ std::vector<State> merge_parts(const std::vector<State>& parts, int64_t rows, co
 // Entropy states of every row of z ([rows, n] contiguous).
 template <typename scalar_t>
 std::vector<math::EntropyState<acc_type<scalar_t>>> entropy_row_states(const scalar_t* z, int64_t rows, int64_t n,
-                                                                       const RowSplit& split, bool simd) {
+                                                                       const RowSplit& split, int simd) {
   using State = math::EntropyState<acc_type<scalar_t>>;
   std::vector<State> parts(rows * split.parts);
   at::parallel_for(0, rows * split.parts, split.grain, [&](int64_t begin, int64_t end) {
@@ -112,14 +129,17 @@ void require_finite_rows(const char* op, const std::vector<State>& states, const
   }
 }
 
-// The float32 AVX2 backward: the first pass keeps e^{z−m_c} in the gradient's own buffer (see
+// The float32 SIMD backward: the first pass keeps e^{z−m_c} in the gradient's own buffer (see
 // avx2::entropy_state_exp), so the second pass rescales it with loads and multiplies instead of a
 // second exp per element; an unsplit row runs both passes in one task, while the row is still in
 // that core's cache. A bad row's gradient is left unwritten: the op throws for it below.
-void entropy_backward_f32_avx2(const float* z, int64_t rows, int64_t n, const RowSplit& split, const float* h,
+//
+// Kernels is avx2 or avx512 (as a struct of its three entry points): both take the same passes.
+template <typename Kernels>
+void entropy_backward_f32_simd(const float* z, int64_t rows, int64_t n, const RowSplit& split, const float* h,
                                const float* g, float* out, const at::Tensor& logits) {
   using State = math::EntropyState<float>;
-  const int64_t part_chunks = avx2::exp_chunks(split.part_len);
+  const int64_t part_chunks = Kernels::exp_chunks(split.part_len);
   std::vector<float> chunk_m(rows * split.parts * part_chunks);
   if (split.parts == 1) {
     std::vector<State> states(rows);
@@ -128,9 +148,9 @@ void entropy_backward_f32_avx2(const float* z, int64_t rows, int64_t n, const Ro
         const float* zr = z + row * n;
         float* o = out + row * n;
         float* cm = chunk_m.data() + row * part_chunks;
-        states[row] = avx2::entropy_state_exp(zr, n, o, cm);
+        states[row] = Kernels::entropy_state_exp(zr, n, o, cm);
         if (!math::entropy_row_ok(states[row])) continue;
-        avx2::entropy_grad_from_exp(zr, n, o, cm, math::entropy_grad_row(states[row], h[row], g[row]), o);
+        Kernels::entropy_grad_from_exp(zr, n, o, cm, math::entropy_grad_row(states[row], h[row], g[row]), o);
       }
     });
     require_finite_rows("entropy_backward", states, logits);
@@ -141,7 +161,7 @@ void entropy_backward_f32_avx2(const float* z, int64_t rows, int64_t n, const Ro
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / split.parts, part = task % split.parts;
       const int64_t lo = part * split.part_len, hi = std::min(n, lo + split.part_len);
-      parts[task] = avx2::entropy_state_exp(z + row * n + lo, hi - lo, out + row * n + lo,
+      parts[task] = Kernels::entropy_state_exp(z + row * n + lo, hi - lo, out + row * n + lo,
                                             chunk_m.data() + task * part_chunks);
     }
   });
@@ -154,18 +174,45 @@ void entropy_backward_f32_avx2(const float* z, int64_t rows, int64_t n, const Ro
       const int64_t row = task / split.parts, part = task % split.parts;
       const int64_t lo = part * split.part_len, hi = std::min(n, lo + split.part_len);
       float* o = out + row * n + lo;
-      avx2::entropy_grad_from_exp(z + row * n + lo, hi - lo, o, chunk_m.data() + task * part_chunks, consts[row], o);
+      Kernels::entropy_grad_from_exp(z + row * n + lo, hi - lo, o, chunk_m.data() + task * part_chunks, consts[row], o);
     }
   });
 }
 
-// Runs the float32 AVX2 backward above; false for the other dtypes (their reduced-precision
-// buffer cannot hold e^{z−m_c} without rounding it twice), which take the two-exp path.
+struct Avx2Kernels {
+  static int64_t exp_chunks(int64_t n) { return avx2::exp_chunks(n); }
+  static math::EntropyState<float> entropy_state_exp(const float* z, int64_t n, float* e, float* chunk_m) {
+    return avx2::entropy_state_exp(z, n, e, chunk_m);
+  }
+  static void entropy_grad_from_exp(const float* z, int64_t n, const float* e, const float* chunk_m,
+                                    const math::EntropyGradRow<float>& row, float* out) {
+    avx2::entropy_grad_from_exp(z, n, e, chunk_m, row, out);
+  }
+};
+
+struct Avx512Kernels {
+  static int64_t exp_chunks(int64_t n) { return avx512::exp_chunks(n); }
+  static math::EntropyState<float> entropy_state_exp(const float* z, int64_t n, float* e, float* chunk_m) {
+    return avx512::entropy_state_exp(z, n, e, chunk_m);
+  }
+  static void entropy_grad_from_exp(const float* z, int64_t n, const float* e, const float* chunk_m,
+                                    const math::EntropyGradRow<float>& row, float* out) {
+    avx512::entropy_grad_from_exp(z, n, e, chunk_m, row, out);
+  }
+};
+
+// Runs the float32 SIMD backward above at the given level; false for the other dtypes (their
+// reduced-precision buffer cannot hold e^{z−m_c} without rounding it twice), which take the
+// two-exp path.
 template <typename scalar_t, typename acc_t>
 bool entropy_backward_exp_reuse(const scalar_t* z, int64_t rows, int64_t n, const RowSplit& split, const acc_t* h,
-                                const acc_t* g, scalar_t* out, const at::Tensor& logits) {
+                                const acc_t* g, scalar_t* out, const at::Tensor& logits, int simd) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    entropy_backward_f32_avx2(z, rows, n, split, h, g, out, logits);
+    if (simd >= 2) {
+      entropy_backward_f32_simd<Avx512Kernels>(z, rows, n, split, h, g, out, logits);
+    } else {
+      entropy_backward_f32_simd<Avx2Kernels>(z, rows, n, split, h, g, out, logits);
+    }
     return true;
   }
   return false;
@@ -173,9 +220,13 @@ bool entropy_backward_exp_reuse(const scalar_t* z, int64_t rows, int64_t n, cons
 
 }  // namespace
 
-bool simd_available() { return avx2::supported(); }
-bool simd_enabled() { return simd_switch().load(); }
-bool set_simd_enabled(bool enabled) { return simd_switch().exchange(enabled && avx2::supported()); }
+int max_simd_level() { return max_level(); }
+int simd_level() { return simd_switch().load(); }
+int set_simd_level(int level) { return simd_switch().exchange(std::clamp(level, 0, max_level())); }
+
+bool simd_available() { return max_level() > 0; }
+bool simd_enabled() { return simd_level() > 0; }
+bool set_simd_enabled(bool enabled) { return set_simd_level(enabled ? max_level() : 0) > 0; }
 
 at::Tensor entropy_cpu(const at::Tensor& logits) {
   check_entropy_logits(logits, /*allow_double=*/true);
@@ -185,7 +236,7 @@ at::Tensor entropy_cpu(const at::Tensor& logits) {
   const auto out_dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty(z.sizes().slice(0, z.dim() - 1), z.options().dtype(out_dtype));
   if (rows == 0) return out;
-  const bool simd = simd_enabled();
+  const int simd = simd_level();
   const RowSplit split = split_rows(rows, n);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "vreason::entropy", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -204,7 +255,7 @@ at::Tensor entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& logits
   const int64_t rows = z.numel() / n;
   at::Tensor grad_logits = at::empty_like(z, at::MemoryFormat::Contiguous);
   if (rows == 0) return grad_logits;
-  const bool simd = simd_enabled();
+  const int simd = simd_level();
   const RowSplit split = split_rows(rows, n);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "vreason::entropy_backward", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -213,7 +264,8 @@ at::Tensor entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& logits
     const at::Tensor hc = h.contiguous();
     const acc_t* gp = gh.const_data_ptr<acc_t>();
     const acc_t* hp = hc.const_data_ptr<acc_t>();
-    if (simd && entropy_backward_exp_reuse(zp, rows, n, split, hp, gp, grad_logits.mutable_data_ptr<scalar_t>(), logits)) {
+    if (simd > 0 && entropy_backward_exp_reuse(zp, rows, n, split, hp, gp, grad_logits.mutable_data_ptr<scalar_t>(),
+                                               logits, simd)) {
       return;
     }
     const auto states = entropy_row_states(zp, rows, n, split, simd);

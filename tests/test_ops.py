@@ -39,6 +39,23 @@ def simd(enabled: bool):
         _C.set_simd_enabled(previous)
 
 
+@contextlib.contextmanager
+def simd_level(level: int):
+    previous = _C.set_simd_level(level)
+    try:
+        yield
+    finally:
+        _C.set_simd_level(previous)
+
+
+SCALAR, AVX2, AVX512 = 0, 1, 2
+needs_level = {
+    AVX2: pytest.mark.skipif(_C.max_simd_level() < AVX2, reason="this CPU has no AVX2/FMA/F16C"),
+    AVX512: pytest.mark.skipif(_C.max_simd_level() < AVX512, reason="this CPU has no AVX-512F"),
+}
+LEVELS = [SCALAR, pytest.param(AVX2, marks=needs_level[AVX2]), pytest.param(AVX512, marks=needs_level[AVX512])]
+
+
 def logits_of(shape, dtype, scale=3.0, seed=0, masked=0.0):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(shape, generator=g) * scale
@@ -123,26 +140,76 @@ def test_entropy_backward_at_vocab_scale():
     torch.testing.assert_close(leaf.grad, ref_leaf.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not _C.simd_available(), reason="this CPU has no AVX2/FMA/F16C")
+def entropy_and_grad(z, g, level):
+    with simd_level(level):
+        assert _C.simd_level() == level
+        leaf = z.clone().requires_grad_(True)
+        h = ops.entropy(leaf)
+        (h * g).sum().backward()
+    return h, leaf.grad
+
+
+@needs_level[AVX2]
 @pytest.mark.parametrize("dtype", [torch.float32, *REDUCED])
 @pytest.mark.parametrize("shape", [(2, VOCAB), (3, 2061), (4, 7)])
 def test_entropy_avx2_and_scalar_paths_agree(dtype, shape):
     z = logits_of(shape, dtype, scale=6.0, masked=0.2)
-    results = {}
-    for enabled in (True, False):
-        with simd(enabled):
-            assert _C.simd_enabled() is enabled
-            leaf = z.clone().requires_grad_(True)
-            h = ops.entropy(leaf)
-            h.sum().backward()
-            results[enabled] = (h, leaf.grad)
-    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(results[True][1], results[False][1], **output_tol(dtype))
+    g = torch.ones(shape[:-1])
+    h1, grad1 = entropy_and_grad(z, g, AVX2)
+    h0, grad0 = entropy_and_grad(z, g, SCALAR)
+    torch.testing.assert_close(h1, h0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad1, grad0, **output_tol(dtype))
 
 
-@pytest.mark.parametrize("use_simd", [True, False])
+def hard_logits(shape, scale, masked, seed):
+    z = logits_of(shape, torch.float32, scale=scale, seed=seed, masked=masked)
+    if shape[-1] > 4096:
+        # Whole chunks of -inf ahead of the first finite logits (the chunk max is -inf), and a row
+        # that is -inf but for one logit in its last, partial stretch.
+        z[0, 1:4096] = -INF
+        z[-1, :] = -INF
+        z[-1, -3] = 0.5 * scale
+    return z
+
+
+@needs_level[AVX512]
+@pytest.mark.parametrize(
+    "shape, scale, masked",
+    [((2, VOCAB), 1e4, 0.0), ((3, VOCAB), 6.0, 0.3), ((2, VOCAB - 5), 1e4, 0.2), ((3, 2061), 1e4, 0.2),
+     ((5, 1), 2.0, 0.0), ((4, 7), 30.0, 0.2), ((4, 31), 6.0, 0.2), ((2, 4093), 1e4, 0.5)],
+)
+def test_entropy_avx512_matches_scalar_and_reference(shape, scale, masked):
+    """float32 at AVX-512F (16 lanes) against the scalar path and the plain-torch oracle: vocab
+    scale at magnitude 1e4, masked (-inf) logits and -inf stretches, one-element rows, and lengths
+    that are not a multiple of 16 (the scalar tail)."""
+    z = hard_logits(shape, scale, masked, seed=len(shape) + shape[-1])
+    g = torch.randn(shape[:-1], generator=torch.Generator().manual_seed(1))
+    h2, grad2 = entropy_and_grad(z, g, AVX512)
+    h0, grad0 = entropy_and_grad(z, g, SCALAR)
+    ref_leaf = z.clone().requires_grad_(True)
+    h_ref = reference.entropy(ref_leaf)
+    (h_ref * g).sum().backward()
+    for expected in (h0, h_ref.detach()):
+        torch.testing.assert_close(h2, expected, rtol=1e-5, atol=1e-5)
+    for expected in (grad0, ref_leaf.grad):
+        torch.testing.assert_close(grad2, expected, rtol=1e-5, atol=1e-6)
+    assert torch.all(grad2[torch.isinf(z)] == 0)
+
+
+def test_simd_switch_keeps_its_boolean_form():
+    best = _C.max_simd_level()
+    with simd_level(best):
+        with simd(False):
+            assert _C.simd_level() == 0 and _C.simd_enabled() is False
+            with simd(True):
+                assert _C.simd_level() == best and _C.simd_enabled() is (best > 0)
+        assert _C.set_simd_level(99) == best and _C.simd_level() == best
+        assert _C.set_simd_level(-1) == best and _C.simd_level() == 0
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("bad", ["all_masked", "nan", "nan_among_masked", "pos_inf"])
-def test_entropy_rejects_rows_without_entropy(bad, use_simd):
+def test_entropy_rejects_rows_without_entropy(bad, level):
     z = torch.randn(4, 5000)
     if bad == "all_masked":
         z[2] = -INF
@@ -153,7 +220,7 @@ def test_entropy_rejects_rows_without_entropy(bad, use_simd):
         z[2, 3000] = float("nan")
     else:
         z[2, 17] = INF
-    with simd(use_simd):
+    with simd_level(level):
         with pytest.raises(RuntimeError, match=r"row 2 of logits .* is all -inf or contains NaN/\+inf"):
             ops.entropy(z)
         with pytest.raises(RuntimeError, match="row 2 of logits"):
