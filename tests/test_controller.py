@@ -4,6 +4,7 @@ the direction of one round in maximize / minimize."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -140,6 +141,25 @@ def test_several_steps_keep_moving_entropy(tiny):
                                DecodeConfig(max_new_tokens=1)).generate(**inputs)
         after.append(float(res.entropy_after[0]))
     assert after[0] < after[1] < after[2]
+
+
+def test_a_round_of_three_steps_equals_three_chained_one_step_rounds(tiny):
+    # Keys never change and o_rest excludes the video columns, so a round's constants are the
+    # same after each step: three one-step rounds fed each other's logits are the same Adam run.
+    model, processor = tiny
+    alpha = torch.tensor(1.0)
+    _, pre_a, layer_input_a, logits_a = prefill_state(model, processor)
+    adapter, pre_b, layer_input_b, logits_b = prefill_state(model, processor)
+    cfg = ControllerConfig(mode="maximize", lr=1e-2)
+    three = ValueController(adapter, dataclasses.replace(cfg, steps=3), pre_a.cache, pre_a.video_positions)
+    one = ValueController(adapter, dataclasses.replace(cfg, steps=1), pre_b.cache, pre_b.video_positions)
+    with torch.no_grad():
+        out_three = three.round(layer_input_a, pre_a.cache, logits_a, alpha)
+        for _ in range(3):
+            logits_b = one.round(layer_input_b, pre_b.cache, logits_b, alpha)
+    assert torch.allclose(three.delta, one.delta, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(out_three, logits_b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(three.delta, torch.zeros_like(three.delta))
 
 
 def test_guarded_adam_matches_torch_adam_and_skips_non_finite_steps():

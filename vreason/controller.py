@@ -130,12 +130,20 @@ class ValueController:
     def gradient(self, layer_input: LayerInput, cache, logits: torch.Tensor, alpha: torch.Tensor):
         """`(L, ∂L/∂ΔV)` at the current ΔV, where `logits` are the model's logits for the current
         token (computed with the current ΔV in the cache)."""
-        consts = self.attention_constants(layer_input, cache)
+        delta, hidden = self._tail_graph(layer_input, self.attention_constants(layer_input, cache))
+        return self._loss_and_grad(delta, hidden, logits, alpha)
+
+    def _tail_graph(self, layer_input: LayerInput, consts: AttentionConstants) -> tuple[torch.Tensor, torch.Tensor]:
+        """A leaf copy of ΔV and the final hidden state recorded as a function of it."""
         with torch.enable_grad():
             delta = self.delta.detach().requires_grad_(True)
-            hidden = self.final_hidden(layer_input, consts, delta)
-            loss, grad_hidden = self._grad_hidden(logits, alpha)
-            (grad,) = torch.autograd.grad(hidden, delta, grad_outputs=grad_hidden.view_as(hidden))
+            return delta, self.final_hidden(layer_input, consts, delta)
+
+    def _loss_and_grad(self, delta: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor,
+                       alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(L, ∂L/∂ΔV)` from the tail graph `hidden(delta)` and the logits it produced."""
+        loss, grad_hidden = self._grad_hidden(logits, alpha)
+        (grad,) = torch.autograd.grad(hidden, delta, grad_outputs=grad_hidden.view_as(hidden))
         return loss, grad
 
     def _grad_hidden(self, logits: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,18 +167,16 @@ class ValueController:
         consts = self.attention_constants(layer_input, cache)
         _, values_cache = self.adapter.cache_kv(cache, self.layer)
         steps = self.config.steps
-        with torch.enable_grad():
-            delta = self.delta.detach().requires_grad_(True)
-            hidden = self.final_hidden(layer_input, consts, delta)
+        delta, hidden = self._tail_graph(layer_input, consts)
         for step in range(steps):
-            loss, grad_hidden = self._grad_hidden(logits, alpha)
-            (grad,) = torch.autograd.grad(hidden, delta, grad_outputs=grad_hidden.view_as(hidden))
+            loss, grad = self._loss_and_grad(delta, hidden, logits, alpha)
             ok = torch.isfinite(loss) & torch.isfinite(grad).all()
             self.delta = self.adam.step(self.delta, grad, ok)
             ops.value_update_(values_cache, self.video_index, self.v0, self.delta)
-            last = step == steps - 1
-            with torch.set_grad_enabled(not last):
-                delta = self.delta.detach().requires_grad_(not last)
-                hidden = self.final_hidden(layer_input, consts, delta)
+            if step < steps - 1:
+                # The graph at the new ΔV serves both the logits and the next step's backward.
+                delta, hidden = self._tail_graph(layer_input, consts)
                 logits = self.logits_of(hidden.detach())
+            else:
+                logits = self.logits_of(self.final_hidden(layer_input, consts, self.delta))
         return logits
