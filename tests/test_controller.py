@@ -13,7 +13,7 @@ import torch
 import vreason
 from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
 from vreason.controller import GuardedAdam, ValueController
-from vreason.models.adapter import adapter_for
+from vreason.models import adapter_for
 from vreason.models.tiny import build_tiny_model
 from vreason.ops import reference
 from vreason.pruning import prune_video_tokens, rerun_last_prompt_token

@@ -116,3 +116,26 @@ def test_incomplete_folders_fail_with_one_line(tiny_dir, tmp_path, breakage, mes
 def test_bad_dtype_is_a_clear_error(tiny_dir):
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         load_model(tiny_dir, dtype="float8")
+
+
+def test_registry_picks_the_adapter_by_model_type(tiny_dir):
+    from vreason.models import ADAPTER_MAPPING, adapter_for, supported_model_types
+    from vreason.models.qwen2_5_vl import QwenVLAdapter
+
+    model, _ = load_model(tiny_dir, device="cpu")
+    assert isinstance(adapter_for(model), QwenVLAdapter)
+    assert supported_model_types() == tuple(ADAPTER_MAPPING)
+    model.config.model_type = "llama"
+    with pytest.raises(ValueError, match="unsupported model_type 'llama'; supported: qwen2_5_vl"):
+        adapter_for(model)
+
+
+def test_adapter_interface_knows_no_family():
+    # The interface module must not import any family's adapter (no import cycle through it).
+    import ast
+    import inspect
+
+    from vreason.models import adapter
+
+    imported = [n.module for n in ast.walk(ast.parse(inspect.getsource(adapter))) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m and m.startswith("vreason.models.") and m != "vreason.models.adapter"]

@@ -6,7 +6,7 @@ import torch
 
 import vreason
 from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
-from vreason.models.adapter import adapter_for
+from vreason.models import adapter_for
 from vreason.models.tiny import build_tiny_model
 from vreason.pruning import num_pruned, prune_video_tokens
 from inputs import video_inputs

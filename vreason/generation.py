@@ -26,7 +26,7 @@ import torch
 from vreason import ops
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.controller import ValueController
-from vreason.models.adapter import adapter_for
+from vreason.models import adapter_for
 from vreason.pruning import num_pruned, prune_video_tokens, rerun_last_prompt_token
 from vreason.sampling import TokenSampler
 from vreason.switching import EntropySwitch

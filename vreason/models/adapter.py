@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DecoderAdapter", "LayerInput", "Prefill", "adapter_for"]
+__all__ = ["DecoderAdapter", "LayerInput", "Prefill"]
 
 
 @dataclass
@@ -97,15 +97,3 @@ class DecoderAdapter(ABC):
     @abstractmethod
     def lm_head_weight(self) -> torch.Tensor:
         """`[vocab, hidden]`: logits are `hidden @ weightᵀ` (no bias)."""
-
-
-def adapter_for(model: torch.nn.Module) -> DecoderAdapter:
-    """The adapter of a loaded model, chosen from its class and config."""
-    from vreason.models.qwen2_5_vl import QwenVLAdapter
-
-    if QwenVLAdapter.supports(model):
-        return QwenVLAdapter(model)
-    raise ValueError(
-        f"unsupported model {type(model).__name__}: V-Reason supports Qwen2_5_VLForConditionalGeneration "
-        "and Qwen2VLForConditionalGeneration"
-    )

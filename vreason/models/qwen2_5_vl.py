@@ -20,13 +20,14 @@ the same method rather than failing. A prompt with neither is refused.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from vreason.models.adapter import DecoderAdapter, LayerInput, Prefill
 
 __all__ = ["QwenVLAdapter"]
 
-_MODEL_CLASSES = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
 _ACCEPTED_KEYS = frozenset(
     {
         "input_ids",
@@ -49,11 +50,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class QwenVLAdapter(DecoderAdapter):
-    @staticmethod
-    def supports(model: torch.nn.Module) -> bool:
-        config = getattr(model, "config", None)
-        return type(model).__name__ in _MODEL_CLASSES or getattr(config, "model_type", None) in ("qwen2_5_vl", "qwen2_vl")
-
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.is_qwen2_5 = getattr(model.config, "model_type", "") == "qwen2_5_vl"
@@ -78,6 +74,9 @@ class QwenVLAdapter(DecoderAdapter):
         if eos is None:
             raise ValueError("the model's generation config names no eos_token_id: generation could not stop")
         self.eos_token_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+        # transformers 5.24 renamed the cache keyword and output field `past_key_values` to `cache`
+        # (and warns on every call with the old name); 5.23 knows only the old one.
+        self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @property
     def num_layers(self) -> int:
@@ -181,7 +180,7 @@ class QwenVLAdapter(DecoderAdapter):
         video_positions = torch.nonzero(visual).squeeze(-1)
         return Prefill(
             logits=out.logits[:, -1],
-            cache=out.past_key_values,
+            cache=getattr(out, self.cache_key),
             next_position_ids=position_ids[..., -1:] + 1,
             video_positions=video_positions,
         )
@@ -189,7 +188,7 @@ class QwenVLAdapter(DecoderAdapter):
     def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor) -> torch.Tensor:
         out = self.model(
             input_ids=token.view(1, 1),
-            past_key_values=cache,
+            **{self.cache_key: cache},
             position_ids=position_ids,
             use_cache=True,
             logits_to_keep=1,
