@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-REGRESSION = "regression"
+from vreason.protocol import REGRESSION
 
 
 def _is_regression(record: dict) -> bool:

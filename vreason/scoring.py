@@ -13,14 +13,7 @@ from typing import Any, Iterable
 
 import torch
 
-ERROR_OUTPUT = "<answer>error</answer>"
-
-MULTIPLE_CHOICE = "multiple choice"
-NUMERICAL = "numerical"
-REGRESSION = "regression"
-OCR = "OCR"
-FREE_FORM = "free-form"
-PROBLEM_TYPES = (MULTIPLE_CHOICE, NUMERICAL, REGRESSION, OCR, FREE_FORM)
+from vreason.protocol import ERROR_OUTPUT, MULTIPLE_CHOICE, NUMERICAL, PROBLEM_TYPES, REGRESSION  # noqa: F401  (re-exported)
 
 _ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _THINK = re.compile(r"<think>\s*(.*?)\s*</think>", re.DOTALL)

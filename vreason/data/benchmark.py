@@ -1,4 +1,4 @@
-"""Protocol benchmark files (PROTOCOL.md "Input files"): samples, prompt text, error samples.
+"""Benchmark files of the evaluation protocol (`vreason.protocol`): samples, prompt text, error samples.
 
 A file is one benchmark: a JSON list (`eval_<name>.json`) or JSONL (one object per line). Every
 entry becomes a `Sample`; an entry that cannot be run becomes an error sample with a one-line
@@ -14,29 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vreason.scoring import MULTIPLE_CHOICE, PROBLEM_TYPES
+from vreason.protocol import DATA_TYPES, DEFAULT_TEMPLATE, MULTIPLE_CHOICE, PROBLEM_TYPES, THINK_PROMPT, TYPE_SUFFIX
 
-# The anchors' prompt, reproduced exactly (its missing full stop included: a different prompt
-# gives different numbers). Placeholders are replaced literally, so templates may contain braces.
-THINK_PROMPT = (
-    "Please think about this question as if you were a human pondering deeply. Engage in an internal "
-    "dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it "
-    "down', etc, or other natural language thought expressions It's encouraged to include "
-    "self-reflection or verification in the reasoning process. Provide your detailed reasoning between "
-    "the <think> and </think> tags, and then give your final answer between the <answer> and </answer> "
-    "tags."
-)
-DEFAULT_TEMPLATE = "{Question}\n" + THINK_PROMPT + "{TypeSuffix}"
-
-TYPE_SUFFIX = {
-    "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags.",
-    "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
-    "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
-    "OCR": " Please transcribe text from the image/video clearly and provide your text answer within the <answer> </answer> tags.",
-    "free-form": " Please provide your text answer within the <answer> </answer> tags.",
-}
-
-DATA_TYPES = ("video", "image")
 REQUIRED_FIELDS = ("problem", "problem_type", "solution", "path")
 _OPTION = re.compile(r"^[A-Z]\.(\s|$)")
 
