@@ -85,9 +85,9 @@ def test_items_are_processor_ready_and_agree_with_frames(tiny, mixed):
     assert all("\n" not in it["error"] for it in items[4:])
 
 
-def test_exclude_keys_drop_samples_before_loading(tiny, mixed):
+def test_skipped_samples_drop_before_loading(tiny, mixed):
     dm = BenchmarkDataModule(files=[str(mixed)], model_path=tiny)
-    dm.exclude_keys = {"Mixed/0", "Mixed/2", "Mixed/5"}
+    dm.skip_samples({"Mixed/0", "Mixed/2", "Mixed/5"})
     keys = [it["sample"].key for it in all_items(dm)]
     assert keys == [f"Mixed/{i}" for i in (1, 3, 4, 6, 7, 8, 9)]
     assert len(dm.samples) == 10

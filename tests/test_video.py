@@ -94,11 +94,14 @@ def test_short_clip_small_frames_upscaled_like_reference(qwen, clips):
     assert_same_as_reference(qwen, clips[5], num_frames=4)
 
 
-def test_more_frames_than_the_clip_has_takes_the_largest_even_count(clips):
-    # The reference raises here; we sample what the clip holds instead.
+def test_more_frames_than_the_clip_has_gives_every_frame_and_repeats_the_last(clips):
+    # The reference raises here; we take each of the 5 frames once and the last again, as
+    # qwen-vl-utils pads a video given as frames to an even count.
     frames, meta = load_video(clips[5], num_frames=16)
-    assert meta["indices"] == torch.linspace(0, 4, 4).round().long().tolist() == [0, 1, 3, 4]
-    assert frames.shape[0] == 4
+    assert meta["indices"] == [0, 1, 2, 3, 4, 4]
+    assert frames.shape[0] == 6
+    every, _ = load_video(clips[5], num_frames=4)  # [0, 1, 3, 4]: frames 0, 1, 3 and 4 decoded alike
+    assert torch.equal(frames[[0, 1, 3, 4]], every) and torch.equal(frames[5], frames[4])
 
 
 def test_sampling_rules_match_reference_functions(qwen):
@@ -111,13 +114,14 @@ def test_sampling_rules_match_reference_functions(qwen):
             for fps in (0.1, 1.0, 2.0, 10.0):
                 for lo, hi in ((4, 768), (6, 20)):
                     ele = {"fps": fps, "min_frames": lo, "max_frames": hi}
-                    try:
-                        expected = qwen.smart_nframes(ele, total, video_fps)
-                    except ValueError:
-                        with pytest.raises(VideoError):
-                            num_sampled_frames(total, video_fps, fps=fps, min_frames=lo, max_frames=hi)
-                        continue
-                    assert num_sampled_frames(total, video_fps, fps=fps, min_frames=lo, max_frames=hi) == expected
+                    assert num_sampled_frames(total, video_fps, fps=fps, min_frames=lo, max_frames=hi) == \
+                        qwen.smart_nframes(ele, total, video_fps)
+    # Where the reference refuses (fewer frames than asked), every frame, rounded up to even.
+    for total, n, expected in ((1, 16, 2), (1, 2, 2), (5, 16, 6), (6, 8, 6), (7, 64, 8)):
+        with pytest.raises(ValueError):
+            qwen.smart_nframes({"nframes": n}, total, 25.0)
+        assert num_sampled_frames(total, 25.0, num_frames=n) == expected
+    assert num_sampled_frames(1, 25.0, fps=2.0) == 2
 
 
 def test_smart_resize_matches_reference(qwen):
@@ -148,14 +152,22 @@ def test_one_reader_per_call_released(monkeypatch, clips):
         return reader
 
     monkeypatch.setattr(decord, "VideoReader", tracking_reader)
-    load_video(clips[16], num_frames=4, num_threads=3)
+    load_video(clips[16], num_frames=4, num_threads=3, video_timeout=0)  # in this process, to be seen
     gc.collect()
     assert len(readers) == 1 and readers[0]() is None
 
 
-def test_both_num_frames_and_fps_is_a_caller_error(clips):
-    with pytest.raises(ValueError, match="either num_frames or fps"):
-        load_video(clips[16], num_frames=4, fps=1.0)
+def test_fps_wins_over_num_frames_and_bad_settings_are_refused_once(clips):
+    _, by_rate = load_video(clips[16], num_frames=4, fps=1.0)  # 16 frames at 8 fps: 2 s at 1 fps -> 4
+    _, by_rate_only = load_video(clips[16], fps=1.0, min_frames=2)
+    assert by_rate["indices"] == load_video(clips[16], fps=1.0)[1]["indices"]
+    assert by_rate_only["indices"] == [0, 15]  # min_frames reaches the sampling
+    for bad, message in [(dict(num_frames=1), "num_frames must be >= 2"), (dict(fps=0.0), "fps must be > 0"),
+                         (dict(num_frames=None), "set data.num_frames or data.fps"),
+                         (dict(min_pixels=10), "min_pixels"), (dict(video_reader="ffmpeg"), "video_reader"),
+                         (dict(video_timeout=-1), "video_timeout"), (dict(min_frames=9, max_frames=8), "min_frames")]:
+        with pytest.raises(ValueError, match=message):
+            load_video(clips[16], **bad)
 
 
 def test_missing_and_garbage_files_raise_one_line_video_error(tmp_path):
@@ -200,10 +212,10 @@ def test_decode_errors_from_get_batch_are_converted(monkeypatch, clips):
 
     monkeypatch.setattr(decord, "VideoReader", FailingReader)
     with pytest.raises(VideoError) as err:
-        load_video(clips[16], num_frames=4)
+        load_video(clips[16], num_frames=4, video_reader="decord")  # auto would answer with PyAV
     assert str(err.value) == f"cannot decode frames of {clips[16]}: boom"
 
 
 def test_aspect_ratio_limit_is_a_video_error():
     with pytest.raises(VideoError, match="aspect ratio"):
-        smart_resize(10, 2100)
+        smart_resize(10, 2100, 28, 3136, 200704)

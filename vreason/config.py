@@ -5,7 +5,7 @@ They are plain dataclasses so that LightningCLI turns their fields into flags
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 Mode = Literal["switch", "minimize", "maximize", "off"]
@@ -88,8 +88,23 @@ class DecodeConfig:
 
 @dataclass
 class VideoConfig:
-    """How videos are read (PROTOCOL.md): uniform `num_frames`, or `fps` with frame bounds, each
-    frame resized the Qwen way (sides multiples of 28) within [min_pixels, max_pixels]."""
+    """How videos are read: uniform `num_frames`, or `fps` with frame bounds, each frame resized
+    the Qwen way (sides multiples of 28) within [min_pixels, max_pixels], as Qwen2.5-VL's
+    reference utilities do. The data module takes it whole; defaults live here only.
+
+    num_frames / fps: frames per video by count, or by rate; `fps`, when set, wins (both are CLI
+        keys with defaults, so setting `--data.fps` alone must be enough). Counts round to even.
+    min_frames / max_frames: bounds on the count `fps` gives.
+    max_pixels / min_pixels: per-frame pixel bounds (images use them too).
+    num_threads: decoder threads per read (0: the decoder's choice).
+    video_reader: `decord`, `pyav`, or `auto` (decord, and PyAV where decord cannot open or decode
+        a file). The two give the same frame indices, sizes and metadata (README, "Long runs").
+    video_timeout: seconds one read may take before it is abandoned and the sample becomes an
+        error record; 0 reads in-process without a limit. **ours**: 120 s, far above a normal
+        read (well under a second for a 1080p clip), far below a stalled run.
+    frame_cache: folder of decoded, resized frames reused by later runs with the same settings
+        (None: no cache).
+    """
 
     num_frames: Optional[int] = 16
     fps: Optional[float] = None
@@ -98,3 +113,40 @@ class VideoConfig:
     max_pixels: int = 256 * 28 * 28
     min_pixels: int = 4 * 28 * 28
     num_threads: int = 1
+    video_reader: Literal["auto", "decord", "pyav"] = "auto"
+    video_timeout: float = 120.0
+    frame_cache: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.fps is not None:
+            if not self.fps > 0:
+                raise ValueError(f"data.fps must be > 0, got {self.fps}")
+            self.num_frames = None
+        elif self.num_frames is None:
+            raise ValueError("set data.num_frames or data.fps")
+        elif self.num_frames < 2:
+            # Frames come in pairs (Qwen's temporal patch): one frame would round to none.
+            raise ValueError(f"data.num_frames must be >= 2, got {self.num_frames}")
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ValueError(f"data.min_frames and data.max_frames need 1 <= min_frames <= max_frames, "
+                             f"got {self.min_frames} and {self.max_frames}")
+        if not 28 * 28 <= self.min_pixels <= self.max_pixels:
+            raise ValueError(f"data.min_pixels and data.max_pixels need 784 <= min_pixels <= max_pixels, "
+                             f"got {self.min_pixels} and {self.max_pixels}")
+        if self.num_threads < 0:
+            raise ValueError(f"data.num_threads must be >= 0, got {self.num_threads}")
+        if self.video_reader not in ("auto", "decord", "pyav"):
+            raise ValueError(f"data.video_reader must be auto|decord|pyav, got {self.video_reader!r}")
+        if not self.video_timeout >= 0:
+            raise ValueError(f"data.video_timeout must be >= 0 seconds (0: no limit), got {self.video_timeout}")
+
+    def sampling(self) -> dict:
+        """What decides the frames a read returns (the frame cache's key, the resume check): not
+        where they are cached, how long a read may take, or how many threads decode."""
+        return {"num_frames": self.num_frames, "fps": self.fps, "min_frames": self.min_frames,
+                "max_frames": self.max_frames, "max_pixels": self.max_pixels, "min_pixels": self.min_pixels,
+                "video_reader": self.video_reader}
+
+    def with_num_frames(self, num_frames: int) -> "VideoConfig":
+        """The same settings sampling `num_frames` uniformly (the out-of-memory retry)."""
+        return replace(self, num_frames=num_frames, fps=None)

@@ -1,35 +1,25 @@
 """`BenchmarkDataModule`: protocol files to processor-ready samples for `trainer.predict`.
 
-Videos are decoded by `load_video` in the loader's worker processes (sampling and resizing the
-Qwen way), then handed to the model's processor as they are: `do_sample_frames=False` and
-`do_resize=False` so it neither re-samples nor re-sizes them, and the sampling metadata
-(`video_metadata`) so that `second_per_grid_ts` reflects the real time between sampled frames.
-Any per-sample failure becomes an item with `inputs=None` and a one-line `error`; nothing raises.
+Items are made by `prepare_item` (vreason/data/items.py) in the loader's worker processes. The
+video settings are one `VideoConfig`, built from the flat `--data.*` keys and passed whole to the
+dataset and to `load_video`. The processor is the model's: the module loads it with the model
+and hands it over with `connect`; only data-only use (no module) loads it from `model_path`.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vreason.config import VideoConfig
 from vreason.data.benchmark import Sample, load_benchmark
-from vreason.data.video import VideoError, load_video, smart_resize
+from vreason.data.items import PADDING, build_messages, prepare_item  # noqa: F401  (the package face)
 
-# The fields of transformers' `VideoMetadata`, taken from `load_video`'s meta.
-_METADATA_FIELDS = ("total_num_frames", "fps", "width", "height", "duration", "video_backend", "frames_indices")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def build_messages(sample: Sample) -> list[dict[str, Any]]:
-    """The user turn: the media first, then the full question text (PROTOCOL.md "Prompt")."""
-    media = "image" if sample.data_type == "image" else "video"
-    return [{"role": "user", "content": [{"type": media}, {"type": "text", "text": sample.question}]}]
+# The flat CLI keys' defaults are VideoConfig's own, read from it rather than written again.
+_VIDEO = VideoConfig()
 
 
 def collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -37,7 +27,12 @@ def collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(batch)
 
 
-PADDING = {"sample": None, "inputs": None, "error": None, "meta": None, "padding": True}
+def _sha256(file: str) -> Optional[str]:
+    try:
+        with open(file, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 class StridedShardSampler(DistributedSampler):
@@ -63,56 +58,21 @@ class StridedShardSampler(DistributedSampler):
 
 
 class BenchmarkDataset(Dataset):
-    """Samples of one or more benchmark files; an item is `{"sample", "inputs", "error", "meta"}`."""
+    """Samples of one or more benchmark files; an item is `prepare_item`'s, index past the end a
+    `PADDING` item (`StridedShardSampler`)."""
 
-    def __init__(self, samples: list[Sample], processor: Any, num_frames: int | None = 16, fps: float | None = None,
-                 max_pixels: int = 200704, min_pixels: int = 3136, min_frames: int = 4, max_frames: int = 768,
-                 num_threads: int = 1) -> None:
+    def __init__(self, samples: list[Sample], processor: Any, video: VideoConfig) -> None:
         self.samples = samples
         self.processor = processor
-        # fps, when set, wins over the default frame count (both are CLI keys with defaults).
-        self.video_kwargs = dict(num_frames=None if fps is not None else num_frames, fps=fps, max_pixels=max_pixels,
-                                 min_pixels=min_pixels, min_frames=min_frames, max_frames=max_frames,
-                                 num_threads=num_threads)
+        self.video = video
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if i >= len(self.samples):  # shard padding (StridedShardSampler)
+        if i >= len(self.samples):
             return dict(PADDING)
-        sample = self.samples[i]
-        item: dict[str, Any] = {"sample": sample, "inputs": None, "error": sample.error, "meta": None}
-        if sample.error:
-            return item
-        try:
-            text = self.processor.apply_chat_template(build_messages(sample), tokenize=False, add_generation_prompt=True)
-            if sample.data_type == "image":
-                inputs = self._image_inputs(text, sample.media_path)
-            else:
-                frames, meta = load_video(sample.media_path, **self.video_kwargs)
-                item["meta"] = meta
-                inputs = self.processor(
-                    text=[text], videos=[frames], video_metadata=[{k: meta[k] for k in _METADATA_FIELDS}],
-                    do_sample_frames=False, do_resize=False, return_tensors="pt",
-                )
-            item["inputs"] = dict(inputs)
-        except VideoError as exc:
-            item["error"] = str(exc)
-        except Exception as exc:  # a failing sample must not stop the run; its reason is kept
-            item["error"] = f"preprocessing failed: {_one_line(exc)}"
-        return item
-
-    def _image_inputs(self, text: str, path: str) -> Any:
-        """An image sized like qwen-vl-utils' `fetch_image` (PIL bicubic to Qwen's smart size)."""
-        from PIL import Image
-
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-        width, height = image.size
-        h, w = smart_resize(height, width, 28, self.video_kwargs["min_pixels"], self.video_kwargs["max_pixels"])
-        image = image.resize((w, h), Image.BICUBIC)
-        return self.processor(text=[text], images=[image], do_resize=False, return_tensors="pt")
+        return prepare_item(self.samples[i], self.processor, self.video)
 
 
 class BenchmarkDataModule(L.LightningDataModule):
@@ -120,47 +80,80 @@ class BenchmarkDataModule(L.LightningDataModule):
 
     files: protocol files (JSON list or JSONL), one benchmark each; names must differ.
     media_root: folder media paths are relative to (default: each file's folder).
-    model_path: local model folder the processor is loaded from (`AutoProcessor`).
-    num_frames / fps: frames per video by count, or by rate (fps wins when set).
-    max_pixels / min_pixels: per-frame pixel bounds (Qwen's smart resize, sides multiples of 28).
+    model_path: local model folder the processor is loaded from when none was `connect`ed.
+    num_frames ... frame_cache: the fields of `VideoConfig` (frames by count or by rate, fps
+        winning when set; pixel bounds; decoder threads; `video_reader` auto|decord|pyav;
+        `video_timeout` seconds a read may take, 0 for no limit; `frame_cache` folder).
     num_workers: loader processes decoding videos. batch_size: items per batch (a list of items).
     template: prompt template overriding the protocol's (placeholders `{Question}`, `{TypeSuffix}`).
 
-    `exclude_keys` (sample keys) may be set before `predict_dataloader()`: those samples are dropped
-    before Lightning shards the rest, so a resumed run never decodes finished samples' videos.
+    `skip_samples(keys)` before `predict_dataloader()` drops finished samples (a resume).
     """
 
-    def __init__(self, files: list[str], media_root: str | None = None, model_path: str | None = None,
-                 num_frames: int | None = 16, fps: float | None = None, max_pixels: int = 200704,
-                 min_pixels: int = 3136, num_workers: int = 0, batch_size: int = 1,
-                 template: str | None = None) -> None:
+    def __init__(self, files: list[str], media_root: Optional[str] = None, model_path: Optional[str] = None,
+                 num_frames: Optional[int] = _VIDEO.num_frames, fps: Optional[float] = _VIDEO.fps,
+                 max_pixels: int = _VIDEO.max_pixels, min_pixels: int = _VIDEO.min_pixels,
+                 min_frames: int = _VIDEO.min_frames, max_frames: int = _VIDEO.max_frames,
+                 num_threads: int = _VIDEO.num_threads, video_reader: str = _VIDEO.video_reader,
+                 video_timeout: float = _VIDEO.video_timeout, frame_cache: Optional[str] = _VIDEO.frame_cache,
+                 num_workers: int = 0, batch_size: int = 1, template: Optional[str] = None) -> None:
         super().__init__()
         if isinstance(files, (str, os.PathLike)):
             files = [os.fspath(files)]
         if not files:
             raise ValueError("data.files needs at least one benchmark file")
-        if num_frames is None and fps is None:
-            raise ValueError("set data.num_frames or data.fps")
         if batch_size < 1 or num_workers < 0:
             raise ValueError("data.batch_size must be >= 1 and data.num_workers >= 0")
+        self.video = VideoConfig(num_frames=num_frames, fps=fps, max_pixels=max_pixels, min_pixels=min_pixels,
+                                 min_frames=min_frames, max_frames=max_frames, num_threads=num_threads,
+                                 video_reader=video_reader, video_timeout=video_timeout, frame_cache=frame_cache)
         self.save_hyperparameters()
         self.files = [os.fspath(f) for f in files]
         self.media_root = media_root
         self.model_path = model_path
-        self.num_frames = num_frames
-        self.fps = fps
-        self.max_pixels = max_pixels
-        self.min_pixels = min_pixels
         self.num_workers = num_workers
         self.batch_size = batch_size
         self.template = template
-        self.exclude_keys: set[str] = set()
-        self.processor: Any = None
+        self._skip: set[str] = set()
+        self._processor: Any = None
         self._samples: list[Sample] | None = None
+
+    def video_config(self) -> VideoConfig:
+        """The video settings every sample is read with."""
+        return self.video
+
+    def connect(self, processor: Any) -> None:
+        """Use the model's processor (loaded once, with the model) instead of loading another.
+
+        Frames arrive sized by `load_video`, which applies the reference's per-frame cap already,
+        so the video processor's own cap is turned off on it (its other uses are unaffected)."""
+        video_processor = getattr(processor, "video_processor", None)
+        if video_processor is not None and hasattr(video_processor, "cap_pixels_per_frame"):
+            video_processor.cap_pixels_per_frame = False
+        self._processor = processor
+
+    def run_settings(self) -> dict[str, Any]:
+        """What of the data determines the records, as plain values (the writer's resume key and
+        the summary's header): each benchmark file with a SHA-256 of its content (None when
+        unreadable), the media root (absolute; None for each file's folder), the prompt template
+        and the video settings that decide the frames (`VideoConfig.sampling()`, under their
+        `--data.*` names). The time limit, the frame cache and the decoder threads change how a
+        run goes, not its records, so they are left out: a resume may change them."""
+        return {
+            "files": [{"path": f, "sha256": _sha256(f)} for f in self.files],
+            "media_root": os.path.abspath(self.media_root) if self.media_root is not None else None,
+            "template": self.template,
+            **self.video.sampling(),
+        }
+
+    def skip_samples(self, keys: set[str]) -> None:
+        """Drop these sample keys (finished by an earlier run) before `predict_dataloader()`
+        shards the rest, so a resumed run never decodes finished samples' videos."""
+        self._skip = set(keys)
 
     @property
     def samples(self) -> list[Sample]:
-        """Every sample of every file, in file order (loaded once; `exclude_keys` not applied)."""
+        """Every sample of every file, in file order (loaded once; skipped samples included)."""
         if self._samples is None:
             samples: list[Sample] = []
             owners: dict[str, str] = {}
@@ -175,28 +168,26 @@ class BenchmarkDataModule(L.LightningDataModule):
             self._samples = samples
         return self._samples
 
-    def _load_processor(self) -> Any:
-        if self.processor is None:
+    def processor(self) -> Any:
+        """The connected processor, or for data-only use the one in `model_path`."""
+        if self._processor is None:
             if not self.model_path:
-                raise ValueError("data.model_path is needed to load the processor")
+                raise ValueError("data.model_path is needed to load the processor when no model is connected")
             from transformers import AutoProcessor
 
-            self.processor = AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
-            video_processor = getattr(self.processor, "video_processor", None)
-            if video_processor is not None and hasattr(video_processor, "cap_pixels_per_frame"):
-                # Frames arrive sized by load_video, which applies the reference's cap already.
-                video_processor.cap_pixels_per_frame = False
-        return self.processor
+            self.connect(AutoProcessor.from_pretrained(self.model_path, local_files_only=True))
+        return self._processor
 
     def predict_dataset(self) -> BenchmarkDataset:
-        todo = [s for s in self.samples if s.key not in self.exclude_keys]
-        return BenchmarkDataset(todo, self._load_processor(), num_frames=self.num_frames, fps=self.fps,
-                                max_pixels=self.max_pixels, min_pixels=self.min_pixels)
+        todo = [s for s in self.samples if s.key not in self._skip]
+        return BenchmarkDataset(todo, self.processor(), self.video)
 
     def predict_dataloader(self) -> DataLoader:
         dataset = self.predict_dataset()
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
-        sampler = StridedShardSampler(dataset, world, trainer.global_rank) if world > 1 else None
+        # Also with one process: the sampler yields at least one (padding) item, so a run whose
+        # samples are all finished still reaches the end of predict and writes its merged outputs.
+        sampler = StridedShardSampler(dataset, world, trainer.global_rank if trainer is not None else 0)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=collate_items)

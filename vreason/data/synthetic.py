@@ -6,6 +6,13 @@ direction (multiple choice), colour (multiple choice), count (numerical) and dis
 in pixels (regression), so every scoring rule is exercised. Clips are tiny so that a CPU run
 over the whole benchmark takes seconds, and the same seed gives the same questions, answers and
 pixels.
+
+Objects are large for the frame (a moving shape spans about a third of its side; counted shapes
+sit one per cell of a 2×2 grid in small frames): at 56×56 pixels a video token covers a 28-pixel
+cell, and a shape that fills much of its cell is what a small model learns to see in minutes
+(**ours**: smaller objects stayed at chance for the same training budget). `TRAINED_CLIPS` are the
+clip settings the shipped trained model (`vreason.models.tiny.trained_path()`) learned from, and
+what `vreason synth` writes by default.
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ SHAPES = ("square", "circle")
 KINDS = ("direction", "colour", "count", "distance")
 BACKGROUND = (24, 24, 24)
 LETTERS = "ABCD"
+# The clips the shipped trained model saw: 4 frames of 56×56 (4 video tokens per frame pair).
+TRAINED_CLIPS = {"num_frames": 4, "size": 56, "fps": 8.0}
 
 
 def _draw(frame: np.ndarray, shape: str, colour: tuple[int, int, int], cy: int, cx: int, radius: int) -> None:
@@ -67,7 +76,7 @@ def encode_mp4(video: np.ndarray, path: str | os.PathLike, fps: float) -> None:
     t, h, w, _ = video.shape
     writer = imageio_ffmpeg.write_frames(
         os.fspath(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        quality=None, macro_block_size=16, ffmpeg_log_level="error",
+        quality=None, macro_block_size=8, ffmpeg_log_level="error",
         output_params=["-crf", "12", "-threads", "1", "-g", "8", "-fflags", "+bitexact",
                        "-flags:v", "+bitexact", "-map_metadata", "-1", "-movflags", "+faststart"],
     )
@@ -94,7 +103,7 @@ def undecodable_mp4(data: bytes) -> bytes:
 
 def _question(kind: str, rng: np.random.Generator, num_frames: int, size: int) -> tuple[list[dict], dict[str, Any]]:
     """Tracks to render and the protocol fields (problem, type, options, solution) of one sample."""
-    radius = max(3, size // 16)
+    radius = max(3, size // 7)
     margin = radius + 2
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
@@ -128,13 +137,17 @@ def _question(kind: str, rng: np.random.Generator, num_frames: int, size: int) -
         else:
             fields = dict(problem=f"How many pixels does the {colour} {shape} travel from the first frame to the last?",
                           problem_type="regression", solution=f"<answer>{distance}</answer>")
-        fields["facts"] = {"direction": direction, "colour": colour, "shape": shape, "distance": distance}
+        centres = tracks[0]["centres"]
+        fields["facts"] = {"direction": direction, "colour": colour, "shape": shape, "distance": distance,
+                           "start": list(centres[0]), "end": list(centres[-1]), "size": size}
         return tracks, fields
 
-    # count: shapes in distinct cells of a grid, each drifting a little inside its own cell.
-    cells_per_side = 4
+    # count: shapes in distinct cells of a grid (2×2 in small frames), each drifting a little
+    # inside its own cell.
+    cells_per_side = 2 if size < 96 else 4
     cell = size // cells_per_side
-    count = int(rng.integers(1, 7))
+    radius = cell // 4
+    count = int(rng.integers(1, min(6, cells_per_side * cells_per_side) + 1))
     cells = rng.choice(cells_per_side * cells_per_side, size=count, replace=False)
     tracks = []
     drift = max(0, cell // 2 - radius - 2)
@@ -145,8 +158,11 @@ def _question(kind: str, rng: np.random.Generator, num_frames: int, size: int) -
         start = (cy0 - step[0] * drift // 2, cx0 - step[1] * drift // 2)
         tracks.append(dict(shape=SHAPES[rng.integers(len(SHAPES))], colour=list(COLOURS)[rng.integers(len(COLOURS))],
                            radius=radius, centres=_linear_centres(start, step, drift, num_frames)))
+    objects = [{"shape": t["shape"], "colour": t["colour"], "cell": [int(c // cells_per_side), int(c % cells_per_side)]}
+               for t, c in zip(tracks, cells)]
     fields = dict(problem="How many shapes are there in the video?", problem_type="numerical",
-                  solution=f"<answer>{count}</answer>", facts={"count": count})
+                  solution=f"<answer>{count}</answer>",
+                  facts={"count": count, "objects": objects, "grid": cells_per_side, "size": size})
     return tracks, fields
 
 
@@ -160,8 +176,8 @@ def write_synthetic_benchmark(out_dir: str | os.PathLike, n: int = 12, seed: int
     open) and an mp4 whose frame data is zeroed (opens, fails while decoding). Entries carry their
     ground truth under `facts` beside the protocol fields.
     """
-    if n < 0 or num_frames < 2 or size < 32 or size % 16:
-        raise ValueError("need n >= 0, num_frames >= 2 and size >= 32, a multiple of 16")
+    if n < 0 or num_frames < 2 or size < 32 or size % 8:
+        raise ValueError("need n >= 0, num_frames >= 2 and size >= 32, a multiple of 8")
     out = Path(out_dir)
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)

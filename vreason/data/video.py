@@ -1,5 +1,6 @@
-"""Video reading with decord, sampling and resizing frames exactly as Qwen2.5-VL's reference
-utilities (qwen-vl-utils' `fetch_video` with the decord backend) do.
+"""Video reading, sampling and resizing frames exactly as Qwen2.5-VL's reference utilities
+(qwen-vl-utils' `fetch_video` with the decord backend) do, with what a long run needs around it:
+a time limit per read, a second decoder, bounded memory and a frame cache (README, "Long runs").
 
 The anchors' numbers were produced with those utilities, so the frame indices, the frame count
 rounding and the resized shapes are reproduced rule for rule (tests compare against the package
@@ -11,10 +12,16 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from typing import Any
 
+import numpy as np
 import torch
+
+from vreason.config import VideoConfig
+from vreason.data.errors import VideoError
+from vreason.data.frame_cache import FrameCache, cache_key
+from vreason.data.readers import open_source
+from vreason.data.timeout import call_with_timeout
 
 # Qwen2.5-VL's constants (qwen-vl-utils): frames come in pairs (temporal patch 2), sides are
 # multiples of patch 14 x spatial merge 2.
@@ -26,14 +33,14 @@ MAX_RATIO = 200
 # caller's max_pixels (768 tokens a frame; 90% of a 128k-token context for the whole clip).
 VIDEO_FRAME_MAX_PIXELS = 768 * IMAGE_FACTOR * IMAGE_FACTOR
 VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR * IMAGE_FACTOR * 0.9
+# **ours**: frames are decoded and resized in chunks of at most this many source bytes, so a long
+# or very large video never sits whole in memory at its source resolution; and a source frame
+# larger than MAX_SOURCE_PIXELS (past 8K) is refused before anything is decoded at that size.
+DECODE_CHUNK_BYTES = 256 * 2**20
+MAX_SOURCE_PIXELS = 8192 * 8192
 
 
-class VideoError(RuntimeError):
-    """A video that cannot be opened or decoded; the message is one line."""
-
-
-def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: int = 4 * 28 * 28,
-                 max_pixels: int = 256 * 28 * 28) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """Qwen's resize rule: both sides multiples of `factor`, area within [min_pixels, max_pixels],
     aspect ratio kept as closely as possible."""
     if max(height, width) / min(height, width) > MAX_RATIO:
@@ -53,32 +60,32 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels
 
 def num_sampled_frames(total_frames: int, video_fps: float, num_frames: int | None = None,
                        fps: float | None = None, min_frames: int = 4, max_frames: int = 768) -> int:
-    """How many frames to sample (qwen-vl-utils' `smart_nframes`).
+    """How many frames to sample (qwen-vl-utils' `smart_nframes`): `num_frames` rounded to the
+    nearest even count when given, else `fps` (default 2) frames per second bounded by
+    `min_frames`/`max_frames` and the clip length, rounded down to even.
 
-    `num_frames` is rounded to the nearest even count. Where the reference would fail because the
-    clip has fewer frames than that, the count is lowered to the clip's largest even count instead,
-    so a short clip still yields an answer. Without `num_frames`, `fps` (default 2) frames per
-    second, bounded by `min_frames`/`max_frames` and the clip length, rounded down to even.
+    **ours**: where the reference fails because the clip is shorter than that (a one-frame clip,
+    16 frames asked of 5), the answer is every frame once, rounded up to an even count: the last
+    frame is repeated, as qwen-vl-utils pads a video given as frames (`sample_indices`).
     """
-    if num_frames is not None and fps is not None:
-        raise ValueError("pass either num_frames or fps, not both")
     if num_frames is not None:
         n = round(num_frames / FRAME_FACTOR) * FRAME_FACTOR
-        n = min(n, math.floor(total_frames / FRAME_FACTOR) * FRAME_FACTOR)
     else:
         fps = DEFAULT_FPS if fps is None else fps
         lo = math.ceil(min_frames / FRAME_FACTOR) * FRAME_FACTOR
         hi = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
-        n = total_frames / video_fps * fps
-        n = min(min(max(n, lo), hi), total_frames)
+        n = min(min(max(total_frames / video_fps * fps, lo), hi), total_frames)
         n = math.floor(n / FRAME_FACTOR) * FRAME_FACTOR
-    if not FRAME_FACTOR <= n <= total_frames:
-        raise VideoError(f"cannot sample {n} frames from a clip of {total_frames} frames")
+    if n > total_frames or n < FRAME_FACTOR:
+        n = math.ceil(total_frames / FRAME_FACTOR) * FRAME_FACTOR
     return int(n)
 
 
 def sample_indices(total_frames: int, num: int) -> list[int]:
-    """`num` frame indices spread uniformly over the whole clip, first and last included."""
+    """`num` frame indices spread uniformly over the whole clip, first and last included; a clip
+    with fewer frames gives each once and its last frame again to make up the count."""
+    if num > total_frames:
+        return list(range(total_frames)) + [total_frames - 1] * (num - total_frames)
     return torch.linspace(0, total_frames - 1, num).round().long().tolist()
 
 
@@ -89,61 +96,41 @@ def frame_size(height: int, width: int, num: int, min_pixels: int, max_pixels: i
     return smart_resize(height, width, IMAGE_FACTOR, min_pixels=min_pixels, max_pixels=min(max_pixels, cap))
 
 
-def _one_line(exc: BaseException) -> str:
-    """decord's messages carry a timestamp, a source location and sometimes several lines."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return re.sub(r"^(\[[\d:]+\]\s+\S+:\d+:\s*)+", "", text)
-
-
-def load_video(path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
-               max_pixels: int = 256 * 28 * 28, min_pixels: int = 4 * 28 * 28, min_frames: int = 4,
-               max_frames: int = 768, num_threads: int = 1) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Read a video and sample frames the Qwen2.5-VL way.
-
-    Frames are sampled by count (`num_frames`, uniform over the whole clip) or by rate (`fps`,
-    default 2 when neither is given, bounded by `min_frames`/`max_frames`), then resized with
-    bicubic antialiased interpolation so that sides are multiples of 28 and each frame has
-    between `min_pixels` and `max_pixels` pixels.
-
-    Returns `frames` (uint8, `[T, C, H, W]`) and `meta`: `indices`, `timestamps` (seconds),
-    `fps` (source rate), `total_num_frames`, `width`/`height` (source), `duration` (seconds),
-    `sampled_fps`, `video_backend`, and `frames_indices` (the same as `indices`, under the name
-    transformers' `VideoMetadata` uses). Raises `VideoError` when the file is missing, cannot be
-    opened or fails while decoding the sampled frames.
-    """
-    import decord
+def decode_video(path: str, video: VideoConfig, reader: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Open `path` with `reader` (decord or pyav), sample and resize: frames `[T, C, H, W]` uint8
+    and their metadata (see `load_video`). Runs without a time limit; `load_video` adds one."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.functional import resize
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise VideoError(f"video not found: {path}")
+    source = open_source(reader, path, video.num_threads)
     try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
-    except Exception as exc:  # DECORDError or RuntimeError
-        detail = _one_line(exc)
-        if detail.startswith("Error reading"):  # decord printed the real reason to stderr
-            detail = "not a readable video (corrupted, truncated or unsupported)"
-        raise VideoError(f"cannot open video {path}: {detail}") from None
-    try:
-        total, video_fps = len(reader), float(reader.get_avg_fps())
+        total, video_fps = source.total, source.fps
         if total < 1 or not video_fps > 0:
             raise VideoError(f"video {path} reports {total} frames at {video_fps} fps")
-        n = num_sampled_frames(total, video_fps, num_frames, fps, min_frames, max_frames)
+        n = num_sampled_frames(total, video_fps, video.num_frames, video.fps, video.min_frames, video.max_frames)
         indices = sample_indices(total, n)
-        try:
-            array = reader.get_batch(indices).asnumpy()
-        except Exception as exc:
-            raise VideoError(f"cannot decode frames of {path}: {_one_line(exc)}") from None
+        resized, size = [], None
+        for array in source.chunks(sorted(set(indices)), DECODE_CHUNK_BYTES):
+            if array.ndim != 4 or array.shape[-1] != 3:
+                raise VideoError(f"decoding {path} gave frames of shape {tuple(array.shape)}, expected (T, H, W, 3)")
+            if size is None:
+                height, width = array.shape[1:3]
+                if height * width > MAX_SOURCE_PIXELS:
+                    raise VideoError(f"video {path} is {width}x{height}, above the {MAX_SOURCE_PIXELS} pixels a frame "
+                                     f"read here may have")
+                size = frame_size(height, width, n, video.min_pixels, video.max_pixels)
+            chunk = torch.from_numpy(array).permute(0, 3, 1, 2)
+            resized.append(resize(chunk, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True))
+            del array, chunk
     finally:
-        del reader
-    if array.ndim != 4 or array.shape[0] != n or array.shape[-1] != 3:
-        raise VideoError(f"decoding {path} gave frames of shape {tuple(array.shape)}, expected ({n}, H, W, 3)")
-    frames = torch.from_numpy(array).permute(0, 3, 1, 2)
-    height, width = frames.shape[-2:]
-    new_h, new_w = frame_size(height, width, n, min_pixels, max_pixels)
-    frames = resize(frames, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True).contiguous()
+        source.close()
+    distinct = sorted(set(indices))
+    frames = torch.cat(resized) if len(resized) > 1 else resized[0]
+    if frames.shape[0] != len(distinct):
+        raise VideoError(f"decoding {path} gave {frames.shape[0]} frames, expected {len(distinct)}")
+    if len(distinct) != n:  # a short clip: its last frame again, to make up the count
+        position = {index: k for k, index in enumerate(distinct)}
+        frames = frames[[position[i] for i in indices]]
     meta = {
         "indices": indices,
         "frames_indices": indices,
@@ -154,6 +141,56 @@ def load_video(path: str | os.PathLike, num_frames: int | None = None, fps: floa
         "width": int(width),
         "height": int(height),
         "duration": total / video_fps,
-        "video_backend": "decord",
+        "video_backend": source.name,
     }
-    return frames, meta
+    return frames.contiguous().numpy(), meta
+
+
+def _check_file(path: str) -> None:
+    """One-line reasons for what no decoder needs to see."""
+    if os.path.isdir(path):
+        raise VideoError(f"video path is a folder, not a file: {path}")
+    if not os.path.isfile(path):
+        raise VideoError(f"video not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"video file is empty: {path}")
+
+
+def load_video(path: str | os.PathLike, video: VideoConfig | None = None, **settings: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read a video and sample frames the Qwen2.5-VL way.
+
+    `video` holds every setting (default `VideoConfig()`); keyword `settings` replace some of its
+    fields (`load_video(path, num_frames=8)`). Frames are sampled by count or by rate, then resized
+    with bicubic antialiased interpolation to sides that are multiples of 28 and between
+    `min_pixels` and `max_pixels` pixels a frame.
+
+    Returns `frames` (uint8, `[T, C, H, W]`) and `meta`: `indices`, `timestamps` (seconds),
+    `fps` (source rate), `total_num_frames`, `width`/`height` (source), `duration` (seconds),
+    `sampled_fps`, `video_backend` (the reader that produced the frames), `frames_indices` (the
+    same as `indices`, under the name transformers' `VideoMetadata` uses) and `from_cache`.
+    Raises `VideoError` with a one-line reason when the file is missing, cannot be opened or
+    decoded by any allowed reader, or a read takes longer than `video_timeout`.
+    """
+    if video is None or settings:
+        video = VideoConfig(**{**(vars(video) if video is not None else {}), **settings})
+    path = os.fspath(path)
+    _check_file(path)
+    cache = FrameCache(video.frame_cache) if video.frame_cache else None
+    key = cache_key(path, video.sampling()) if cache is not None else None
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        frames, meta = hit
+        return torch.from_numpy(frames.copy()), {**meta, "from_cache": True}
+    readers = ("decord", "pyav") if video.video_reader == "auto" else (video.video_reader,)
+    first_error = None
+    for reader in readers:
+        try:
+            frames, meta = call_with_timeout(decode_video, (path, video, reader), video.video_timeout, "video read")
+            break
+        except VideoError as exc:
+            first_error = first_error or exc
+    else:
+        raise first_error
+    if cache is not None:
+        cache.put(key, frames, meta)
+    return torch.from_numpy(frames), {**meta, "from_cache": False}
