@@ -16,6 +16,9 @@ __all__ = ["ADAPTER_MAPPING", "adapter_class", "adapter_for", "supported_model_t
 ADAPTER_MAPPING: dict[str, tuple[str, str]] = {
     "qwen2_5_vl": ("qwen2_5_vl", "QwenVLAdapter"),
     "qwen2_vl": ("qwen2_5_vl", "QwenVLAdapter"),
+    "llava_onevision": ("llava_onevision", "LlavaOnevisionAdapter"),
+    "qwen3_vl": ("qwen3_vl", "Qwen3VLAdapter"),
+    "qwen3_vl_moe": ("qwen3_vl", "Qwen3VLAdapter"),
 }
 
 

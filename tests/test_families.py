@@ -1,0 +1,232 @@
+"""The families beyond Qwen2.5-VL (LLaVA-OneVision, Qwen3-VL dense and MoE, InternVL) on tiny
+checkpoints loaded through the real path, each against independent oracles: transformers'
+`generate` for `off`, autograd through the real last decoder layer for the exact gradient, a
+full forward over the updated cache for a round's logits, the unpruned cache for Lite, and the
+`vreason predict` command end to end."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+import vreason
+from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
+from vreason.cli import main
+from vreason.controller import ValueController
+from vreason.data.synthetic import write_synthetic_benchmark
+from vreason.models import adapter_for
+from vreason.models.tiny_families import TINY_BUILDERS
+from vreason.ops import reference
+from vreason.pruning import prune_video_tokens, rerun_last_prompt_token
+
+FAMILIES = sorted(TINY_BUILDERS)
+FPS = 8.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    built = {}
+
+    def get(family):
+        if family not in built:
+            path = TINY_BUILDERS[family](tmp_path_factory.mktemp(family), seed=7)
+            built[family] = (path, *vreason.load_model(path, dtype="float32", device="cpu"))
+        return built[family]
+
+    return get
+
+
+def family_inputs(processor, seed=0, frames=4, image=False, video=True):
+    """Processor outputs for one question over random frames sampled at FPS (with the metadata
+    the processors need for timestamps) and optionally a random image before them."""
+    g = torch.Generator().manual_seed(seed)
+    content, kwargs = [], {}
+    if image:
+        content.append({"type": "image"})
+        kwargs["images"] = [torch.randint(0, 256, (3, 112, 112), dtype=torch.uint8, generator=g)]
+    if video:
+        content.append({"type": "video"})
+        kwargs["videos"] = [torch.randint(0, 256, (frames, 3, 112, 112), dtype=torch.uint8, generator=g)]
+        kwargs["video_metadata"] = [{"fps": FPS, "total_num_frames": 3 * frames, "frames_indices": list(range(0, 3 * frames, 3))}]
+        kwargs["do_sample_frames"] = False
+    content.append({"type": "text", "text": "Which direction does the square move?"})
+    text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return dict(processor(text=[text], return_tensors="pt", **kwargs))
+
+
+# ---- off equals generate --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("prompt", ["video", "video+image", "image"])
+def test_off_is_token_identical_to_generate(tiny, family, prompt):
+    _, model, processor = tiny(family)
+    inputs = family_inputs(processor, seed=1, image="image" in prompt, video="video" in prompt)
+    expected = model.generate(**inputs, do_sample=False, max_new_tokens=10)
+    res = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=10)).generate(**inputs)
+    assert torch.equal(res.sequences, expected)
+    kind_token = processor.tokenizer.convert_tokens_to_ids(getattr(processor, "video_token" if "video" in prompt else "image_token"))
+    assert res.num_video_tokens == int((inputs["input_ids"] == kind_token).sum()) > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_off_sampling_matches_generate_with_the_same_seed(tiny, family):
+    _, model, processor = tiny(family)
+    inputs = family_inputs(processor, seed=2)
+    decode = DecodeConfig(max_new_tokens=10, do_sample=True, temperature=0.8, top_k=40, top_p=0.9, seed=123)
+    torch.manual_seed(decode.seed)
+    expected = model.generate(**inputs, max_new_tokens=10, do_sample=True, temperature=0.8, top_k=40, top_p=0.9)
+    res = VReasonGenerator(model, ControllerConfig(mode="off"), decode).generate(**inputs)
+    assert torch.equal(res.sequences, expected)
+
+
+# ---- the controller against the real model ------------------------------------------------------
+
+
+def prefill_state(model, processor, decode_steps=0, prune_ratio=0.0):
+    adapter = adapter_for(model)
+    inputs = adapter.prepare_inputs(family_inputs(processor))
+    sink: dict = {}
+    hook = adapter.capture_last_layer_input(sink)
+    with torch.no_grad():
+        pre = adapter.prefill(inputs)
+        logits, token = pre.logits, inputs["input_ids"][:, -1:]
+        if prune_ratio:
+            pre.video_positions = prune_video_tokens(adapter, pre.cache, pre.video_positions, prune_ratio)[-1]
+            logits = rerun_last_prompt_token(adapter, pre.cache, inputs["input_ids"], pre.next_position_ids - 1)
+        position = pre.next_position_ids - 1
+        for k in range(decode_steps):
+            token = logits.argmax(-1).view(1, 1)
+            position = pre.next_position_ids + k
+            logits = adapter.decode_step(token, pre.cache, position)
+    hook.remove()
+    return adapter, pre, sink["input"], logits, token, position
+
+
+def brute_force_gradient(model, adapter, pre, layer_input, v0, delta0, alpha):
+    """∂L/∂ΔV by autograd through the real last decoder layer re-run on the current token over a
+    copy of the cache whose video values are V(ΔV)."""
+    last = adapter.num_layers - 1
+    keys, values = adapter.cache_kv(pre.cache, last)
+    past = copy.deepcopy(pre.cache)
+    # The layer appends the current token's key/value itself: give it the cache without them.
+    adapter.set_cache_kv(past, last, keys[..., :-1, :].clone(), values[..., :-1, :].clone())
+    delta = delta0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        new_values = reference.value_update(v0, delta)
+        base = values[..., :-1, :].float()
+        index = pre.video_positions.view(1, 1, -1, 1).expand(1, v0.shape[1], -1, v0.shape[-1])
+        adapter.set_cache_kv(past, last, keys[..., :-1, :], base.scatter(-2, index, new_values).to(values.dtype))
+        out = adapter.last_layer(layer_input.hidden, attention_mask=None,
+                                 position_embeddings=(layer_input.cos, layer_input.sin), **{adapter.cache_key: past},
+                                 use_cache=True)
+        out = out[0] if isinstance(out, tuple) else out
+        logits = model.lm_head(adapter.text_model.norm(out))[:, -1]
+        loss = alpha * (math.log(logits.shape[-1]) - reference.entropy(logits.float()))
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("decode_steps, prune_ratio, alpha", [(0, 0.0, 1.0), (2, 0.5, -1.0)])
+def test_exact_gradient_equals_autograd_through_the_real_layer(tiny, family, decode_steps, prune_ratio, alpha):
+    _, model, processor = tiny(family)
+    adapter, pre, layer_input, logits, _, _ = prefill_state(model, processor, decode_steps, prune_ratio)
+    ctrl = ValueController(adapter, ControllerConfig(), pre.cache, pre.video_positions)
+    a = torch.tensor(alpha)
+    loss, grad = ctrl.gradient(layer_input, pre.cache, logits, a)
+    ref_loss, ref_grad = brute_force_gradient(model, adapter, pre, layer_input, ctrl.v0, ctrl.delta, a)
+    assert float(ref_grad.norm()) > 0
+    assert float((grad - ref_grad).norm() / ref_grad.norm()) <= 1e-4
+    assert torch.allclose(loss.reshape(-1), ref_loss.reshape(-1), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("decode_steps", [0, 2])
+def test_logits_after_a_round_equal_a_full_forward_over_the_updated_cache(tiny, family, decode_steps):
+    _, model, processor = tiny(family)
+    adapter, pre, layer_input, logits, token, position = prefill_state(model, processor, decode_steps)
+    ctrl = ValueController(adapter, ControllerConfig(mode="maximize", lr=0.05, steps=2), pre.cache, pre.video_positions)
+    with torch.no_grad():
+        after = ctrl.round(layer_input, pre.cache, logits, torch.tensor(1.0))
+        assert not torch.allclose(after, logits, atol=1e-4)  # the round did move the logits
+        # The model itself, fed the current token again over the cache the round left behind.
+        for layer in range(adapter.num_layers):
+            keys, values = adapter.cache_kv(pre.cache, layer)
+            adapter.set_cache_kv(pre.cache, layer, keys[..., :-1, :], values[..., :-1, :])
+        again = adapter.decode_step(token, pre.cache, position)
+    assert torch.allclose(after, again, rtol=1e-5, atol=1e-5)
+
+
+# ---- Lite -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lite_keeps_the_highest_norm_rows_and_ratio_zero_changes_nothing(tiny, family):
+    _, model, processor = tiny(family)
+    adapter = adapter_for(model)
+    inputs = adapter.prepare_inputs(family_inputs(processor, seed=3))
+    with torch.no_grad():
+        full = adapter.prefill(inputs)
+        pruned = adapter.prefill(inputs)
+        kept = prune_video_tokens(adapter, pruned.cache, pruned.video_positions, 0.5)
+    video = full.video_positions
+    n_keep = video.numel() - video.numel() // 2
+    for layer in range(adapter.num_layers):
+        keys, values = adapter.cache_kv(full.cache, layer)
+        norms = values[0][:, video].float().square().sum(dim=(0, 2))
+        top = video[torch.sort(norms, descending=True, stable=True).indices[:n_keep]].sort().values
+        keep = torch.ones(keys.shape[-2], dtype=torch.bool)
+        keep[video] = False
+        keep[top] = True
+        pk, pv = adapter.cache_kv(pruned.cache, layer)
+        assert torch.equal(pk, keys[..., keep, :]) and torch.equal(pv, values[..., keep, :])
+        assert kept[layer].numel() == n_keep
+    cfg = dict(mode="switch", every_k=1, lr=0.05)
+    base = VReasonGenerator(model, ControllerConfig(**cfg), DecodeConfig(max_new_tokens=6)).generate(**inputs)
+    zero = VReasonGenerator(model, ControllerConfig(**cfg, prune_ratio=0.0), DecodeConfig(max_new_tokens=6)).generate(**inputs)
+    lite = VReasonGenerator(model, ControllerConfig(**cfg, prune_ratio=0.5), DecodeConfig(max_new_tokens=6)).generate(**inputs)
+    assert torch.equal(base.sequences, zero.sequences) and torch.equal(base.entropy_after, zero.entropy_after)
+    assert lite.num_video_tokens_kept == n_keep and lite.num_new_tokens == 6
+
+
+# ---- the command ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vreason_predict_runs_the_synthetic_benchmark(tiny, family, tmp_path):
+    path, _, _ = tiny(family)
+    bench = write_synthetic_benchmark(tmp_path / "data", n=2, seed=2, num_frames=8)
+    args = ["predict", "--model.model_path", str(path), "--data.files", f"[{bench}]", "--data.num_frames", "4",
+            "--data.max_pixels", str(112 * 112), "--model.decode.max_new_tokens", "6",
+            "--model.controller.mode", "switch", "--model.controller.prune_ratio", "0.5",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path / "out")]
+    assert main(args) == 0
+    row = json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]["Synthetic"]
+    assert row["n"] == 2 and row["n_errors"] == 0
+    records = [json.loads(l) for l in (tmp_path / "out" / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()]
+    assert all(len(r["entropy"]) == r["num_new_tokens"] > 0 and r["num_video_tokens_kept"] < r["num_video_tokens"]
+               for r in records), records
+
+
+def test_qwen3_vl_prompt_timestamps_are_the_sampled_frames_times(tiny, tmp_path):
+    # The data module hands the processor the sampled frames' metadata: each temporal patch's
+    # `<t seconds>` text is the mean time of its two frames, not a 24 fps guess.
+    import re
+
+    from vreason.data.datamodule import BenchmarkDataModule
+
+    path, _, processor = tiny("qwen3_vl")
+    bench = write_synthetic_benchmark(tmp_path, n=1, seed=0, num_frames=20, fps=5.0)
+    data = BenchmarkDataModule([str(bench)], model_path=str(path), num_frames=6, max_pixels=112 * 112)
+    item = data.predict_dataset()[0]
+    assert item["error"] is None, item["error"]
+    text = processor.decode(item["inputs"]["input_ids"][0])
+    shown = [float(t) for t in re.findall(r"<([\d.]+) seconds>", text)]
+    times = item["meta"]["timestamps"]
+    assert len(times) == 6 and times[-1] > 2.0
+    assert shown == [round((times[i] + times[i + 1]) / 2, 1) for i in range(0, 6, 2)]

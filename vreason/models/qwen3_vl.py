@@ -1,0 +1,54 @@
+"""The Qwen3-VL adapter (dense `qwen3_vl` and MoE `qwen3_vl_moe`: both share the text decoder
+layout; an MoE layer's `mlp` is its sparse block, which the tail calls like a dense MLP).
+
+Against Qwen2.5-VL (`qwen2_5_vl.py`, whose inputs, positions, prefill, decode and cache handling
+this adapter inherits) three things differ:
+
+- Queries and keys pass through a per-head RMSNorm (`q_norm`, `k_norm`) before rotary; keys are
+  cached after it, so only the query needs it here.
+- Interleaved M-RoPE: the text model lays cos/sin out per head dimension before the layers, so
+  the last layer's captured `(cos, sin)` already carry the interleaving and the rotation is the
+  same rotate-half. Positions: `generate`'s 4 rows (text + `get_rope_index`'s three, which split
+  each video into one grid per temporal patch), passed explicitly as for Qwen2.5-VL.
+- Each frame's tokens are preceded by a timestamp text (`<1.5 seconds>`), so the video tokens
+  are not contiguous: they are found by id in `input_ids`, never taken as one slice. The
+  timestamps come from the processor's `video_metadata` (source fps, sampled indices); without
+  it the processor assumes 24 fps.
+
+DeepStack: visual features of early vision layers are added to the first decoder layers' hidden
+states at the visual positions, at prefill only. Decode steps feed text tokens, and Lite's re-run
+of the last prompt token feeds a text token too, which gets no DeepStack feature: so nothing extra
+has to be passed when the model is re-entered. A prompt whose last token is visual (no generation
+prompt after the media) would break that and is refused.
+"""
+from __future__ import annotations
+
+import torch
+
+from vreason.models.adapter import LayerInput
+from vreason.models.qwen2_5_vl import QwenVLAdapter
+from vreason.models.text_decoder import rotate_half
+
+__all__ = ["Qwen3VLAdapter"]
+
+
+class Qwen3VLAdapter(QwenVLAdapter):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(model)
+        self.q_norm = self.last_layer.self_attn.q_norm
+
+    def prepare_inputs(self, inputs: dict) -> dict:
+        inputs = super().prepare_inputs(inputs)
+        last = int(inputs["input_ids"][0, -1])
+        if last in (self.video_token_id, self.image_token_id):
+            raise ValueError("the prompt ends with a visual token: add the generation prompt after the media")
+        return inputs
+
+    def query(self, layer_input: LayerInput) -> torch.Tensor:
+        layer = self.last_layer
+        q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden)).view(1, 1, self.num_heads, self.head_dim)
+        q = self.q_norm(q).transpose(1, 2)  # [1, heads, 1, head_dim]
+        cos, sin = layer_input.cos.unsqueeze(1), layer_input.sin.unsqueeze(1)
+        q = q * cos + rotate_half(q) * sin
+        groups = self.num_heads // self.num_kv_heads
+        return q.float().reshape(1, self.num_kv_heads, groups, self.head_dim) * self.scaling

@@ -1,0 +1,198 @@
+"""Tiny, offline checkpoint folders for the families beyond Qwen2.5-VL (random weights).
+
+As `tiny.py` does for Qwen2.5-VL, each builder saves a folder the way real checkpoints are laid
+out (config, generation config, safetensors, tokenizer, image/video processor configs, chat
+template) that `vreason.load_model`, `AutoProcessor` and `AutoModelForImageTextToText` load.
+The tokenizer is the Qwen2.5-VL tiny folder's own (learned from the same fixed text, so the
+same for a given vocabulary size) plus the family's placeholder tokens; the config's token ids
+are read back from it, never assumed.
+
+Vision towers are sized for the synthetic benchmark's 112×112 frames: `vreason predict` hands the
+processor frames already resized to multiples of 28, so each tiny tower takes 112-pixel frames
+as they are (patch 14).
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["build_tiny_llava_onevision", "build_tiny_qwen3_vl", "TINY_BUILDERS"]
+
+FRAME_SIDE = 112
+
+
+@functools.lru_cache(maxsize=4)
+def _qwen_tokenizer_folder(bpe_vocab_size: int) -> str:
+    from vreason.models.tiny import build_tiny_model
+
+    folder = Path(tempfile.mkdtemp(prefix="vreason-tiny-tok-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    build_tiny_model(folder, bpe_vocab_size=bpe_vocab_size, num_hidden_layers=1, vision_depth=1)
+    return str(folder)
+
+
+def _tokenizer(bpe_vocab_size: int, extra_special: list[str] = (), named: dict[str, str] | None = None):
+    """The tiny Qwen tokenizer, plus `extra_special` tokens; `named` registers named special tokens
+    (e.g. InternVL's `context_image_token`) the family's processor reads as tokenizer attributes."""
+    from transformers import AddedToken, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_qwen_tokenizer_folder(bpe_vocab_size), local_files_only=True)
+    new = [t for t in extra_special if t not in tok.get_vocab()]
+    if new:
+        tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in new]},
+                               replace_extra_special_tokens=False)
+    if named:
+        tok.extra_special_tokens = {**getattr(tok, "extra_special_tokens", {}), **named}
+        for name, token in named.items():
+            setattr(tok, name, token)
+            setattr(tok, f"{name}_id", tok.convert_tokens_to_ids(token))
+    return tok
+
+
+def _chat_template(image: str, video: str) -> str:
+    """Qwen's chat layout with the family's image/video placeholders."""
+    return (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+        "{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'image' %}" + image + "\n"
+        "{% elif content['type'] == 'video' %}" + video + "\n"
+        "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+        "{% endfor %}<|im_end|>\n{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+def _text(tok, **overrides: Any) -> dict:
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=4096, hidden_act="silu",
+                vocab_size=len(tok), bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"))
+    text.update({k: v for k, v in overrides.items() if not k.startswith("vision_")})
+    return text
+
+
+def _vision_overrides(overrides: dict) -> dict:
+    return {k[len("vision_"):]: v for k, v in overrides.items() if k.startswith("vision_")}
+
+
+def _save(path: Path, model_cls, config, processor, tok, seed: int, dtype: torch.dtype) -> Path:
+    from transformers import GenerationConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    model = model.to(dtype).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")],
+        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        do_sample=False,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    return path
+
+
+# ---- LLaVA-OneVision ----------------------------------------------------------------------------
+
+
+def build_tiny_llava_onevision(path: str | Path, seed: int = 0, bpe_vocab_size: int = 400,
+                               dtype: torch.dtype = torch.float32, **overrides: Any) -> Path:
+    """A LLaVA-OneVision folder: Qwen2 decoder (3 layers, GQA 4:2), SigLIP tower on 112-px frames
+    (8×8 patches, pooled to 4×4 = 16 tokens a frame, + 1 newline per video), anyres images."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    tok = _tokenizer(bpe_vocab_size, ["<image>", "<video>"])
+    side = FRAME_SIDE
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=side, patch_size=14, vision_use_head=False)
+    vision.update(_vision_overrides(overrides))
+    pinpoints = [[side, side], [side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+    config = LlavaOnevisionConfig(
+        text_config=dict(model_type="qwen2", **_text(tok, **overrides)),
+        vision_config=vision,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        tie_word_embeddings=False,
+    )
+    size = {"height": side, "width": side}
+    template = _chat_template("<image>", "<video>")
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        tokenizer=tok,
+        num_image_tokens=(side // 14) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=template,
+    )
+    return _save(Path(path), LlavaOnevisionForConditionalGeneration, config, processor, tok, seed, dtype)
+
+
+# ---- Qwen3-VL (dense and MoE) ---------------------------------------------------------------------
+
+
+def build_tiny_qwen3_vl(path: str | Path, seed: int = 0, bpe_vocab_size: int = 400, dtype: torch.dtype = torch.float32,
+                        moe: bool = False, video_max_pixels: int = FRAME_SIDE * FRAME_SIDE,
+                        video_min_pixels: int = 56 * 56, **overrides: Any) -> Path:
+    """A Qwen3-VL folder (`moe=True`: Qwen3-VL-MoE, 4 experts, 2 per token): Qwen3 decoder with
+    q/k norms and interleaved M-RoPE (3 layers, GQA 4:2), a vision tower with DeepStack features
+    injected after decoder layer 0 (so the last layer is never a DeepStack layer), patch 14 so
+    that 112-px frames split into 2×2 merged patches."""
+    import transformers
+
+    tok = _tokenizer(bpe_vocab_size)
+    conv = tok.convert_tokens_to_ids
+    text = _text(tok, **overrides)
+    head_dim = text.setdefault("head_dim", text["hidden_size"] // text["num_attention_heads"])
+    half = head_dim // 2
+    t = max(1, half // 4)
+    h = (half - t) // 2
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [t, h, half - t - h],
+                               "mrope_interleaved": True}
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=text["hidden_size"], num_position_embeddings=64,
+                  deepstack_visual_indexes=[0])
+    vision.update(_vision_overrides(overrides))
+    prefix = "Qwen3VLMoe" if moe else "Qwen3VL"
+    config = getattr(transformers, f"{prefix}Config")(
+        text_config=text, vision_config=vision, image_token_id=conv("<|image_pad|>"), video_token_id=conv("<|video_pad|>"),
+        vision_start_token_id=conv("<|vision_start|>"), vision_end_token_id=conv("<|vision_end|>"), tie_word_embeddings=False,
+    )
+    size = {"shortest_edge": video_min_pixels, "longest_edge": video_max_pixels}
+    template = _chat_template("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>")
+    processor = transformers.Qwen3VLProcessor(
+        image_processor=transformers.Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        video_processor=transformers.Qwen3VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        tokenizer=tok,
+        chat_template=template,
+    )
+    model_cls = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    return _save(Path(path), model_cls, config, processor, tok, seed, dtype)
+
+
+TINY_BUILDERS = {"llava_onevision": build_tiny_llava_onevision, "qwen3_vl": build_tiny_qwen3_vl,
+                 "qwen3_vl_moe": functools.partial(build_tiny_qwen3_vl, moe=True)}
