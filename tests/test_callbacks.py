@@ -6,19 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vreason.callbacks import (
-    entropy_curve_figure,
-    figure_image,
-    log_summary_to_tensorboard,
-    merge_predictions,
-    prediction_files,
-    read_jsonl,
-    read_predictions,
-    sample_trace_figure,
-    summary_markdown,
-    truncate_partial_line,
-    write_atomic,
-)
+from vreason.plots import entropy_curve_figure, figure_image, sample_trace_figure
+from vreason.records import prediction_files, read_jsonl, read_predictions, truncate_partial_line, write_atomic
+from vreason.report import merge_predictions, summary_markdown
+from vreason.tb_logging import log_summary_to_tensorboard
 from vreason.scoring import ERROR_OUTPUT
 
 

@@ -98,10 +98,22 @@ def test_broken_samples_complete_with_exit_0_and_are_counted(assets, tmp_path, c
     assert f"| Synthetic | {assets['n']} |" in out
     results = json.loads((tmp_path / "results" / "eval_Synthetic.json").read_text())["results"]
     assert sum(1 for r in results if r["error"]) == assets["n"] - 2
-    # The same command again resumes: nothing runs twice, nothing changes.
-    before = (tmp_path / "predictions" / "Synthetic.rank0.jsonl").read_text()
+    # The same command again resumes: finished samples are skipped, error samples run again and
+    # their new records supersede the old ones, so the merged results hold each sample once.
+    pred = tmp_path / "predictions" / "Synthetic.rank0.jsonl"
+    first = [json.loads(line) for line in pred.read_text().splitlines()]
     assert main(small(assets, tmp_path)) == 0
-    assert (tmp_path / "predictions" / "Synthetic.rank0.jsonl").read_text() == before
+    lines = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert lines[:len(first)] == first
+    retried = lines[len(first):]
+    assert sorted(r["key"] for r in retried) == sorted(r["key"] for r in first if r["error"])
+    assert {r["attempt"] for r in first} == {1} and {r["attempt"] for r in retried} == {2}
+    results = json.loads((tmp_path / "results" / "eval_Synthetic.json").read_text())["results"]
+    assert len(results) == assets["n"] and sum(1 for r in results if r["error"]) == assets["n"] - 2
+    # With --retry_errors false nothing runs and nothing changes.
+    before = pred.read_text()
+    assert main(small(assets, tmp_path, "--retry_errors", "false")) == 0
+    assert pred.read_text() == before
     # A different configuration in the same folder is refused rather than mixed in.
     assert main(small(assets, tmp_path, "--model.controller.mode", "off")) == 1
     assert "different controller" in error_line(capsys)
@@ -186,3 +198,51 @@ def test_paper_table_puts_our_runs_beside_the_anchors(tmp_path, capsys):
     # tokens: weighted over benchmarks (5 × 100 + 200) / 6
     assert "| mean output tokens | 117 | 117 | 226 | 176 | 178 | 430 |" in text
     assert (tmp_path / "t.md").read_text().strip() == text.strip() and figure.stat().st_size > 1000
+
+
+def test_a_rerun_of_a_finished_run_still_writes_the_merged_outputs(assets, tmp_path):
+    # Killed after its last record but before the merge: the re-run has nothing to generate and
+    # must still leave the results and summaries.
+    assert main(small(assets, tmp_path, "--retry_errors", "false")) == 0
+    for path in [tmp_path / "summary.json", tmp_path / "summary.md", *(tmp_path / "results").iterdir()]:
+        path.unlink()
+    assert main(small(assets, tmp_path, "--retry_errors", "false")) == 0
+    results = json.loads((tmp_path / "results" / "eval_Synthetic.json").read_text())["results"]
+    assert len(results) == assets["n"]
+    assert json.loads((tmp_path / "summary.json").read_text())["overall"]["n"] == assets["n"]
+
+
+def test_resume_refuses_other_inputs(assets, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    bench = data / "eval_Synthetic.json"
+    entries = json.loads(Path(assets["bench"]).read_text())[:2]
+    bench.write_text(json.dumps(entries))
+    media = str(Path(assets["bench"]).parent)
+    out = tmp_path / "out"
+
+    def run(*extra):
+        args = small(assets, out, "--data.media_root", media, *extra)
+        args[args.index(f"[{assets['bench']}]")] = f"[{bench}]"
+        return main(args)
+
+    assert run() == 0
+    capsys.readouterr()
+    # The same file edited in place is another benchmark.
+    entries[0]["problem"] += " (edited)"
+    bench.write_text(json.dumps(entries))
+    assert run() == 1
+    assert "different data.files" in error_line(capsys)
+    # Another media root (e.g. a corrected one) is refused rather than mixed with the old records.
+    entries[0]["problem"] = entries[0]["problem"].replace(" (edited)", "")
+    bench.write_text(json.dumps(entries))
+    assert run("--data.media_root", str(tmp_path)) == 1
+    assert "different data.media_root" in error_line(capsys)
+    assert run() == 0
+
+
+def test_off_with_lite_is_labelled_as_pruned(assets, tmp_path):
+    assert main(small(assets, tmp_path, "--model.controller.mode", "off", "--model.controller.prune_ratio", "0.5")) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mode"] == "off" and summary["label"] == "off+lite0.5"
+    assert "off+lite0.5" in (tmp_path / "summary.md").read_text()

@@ -47,20 +47,28 @@ def eval_logger(root: str | os.PathLike):
     return TensorBoardLogger(save_dir=str(root), name="tb", version="", default_hp_metric=False)
 
 
-def eval_trainer(root: str | os.PathLike, accelerator: str = "cpu", devices: int | str = 1, strategy: str = "auto",
-                 enable_progress_bar: bool = True, callbacks: Sequence = (), **kwargs):
-    """A Trainer set up for evaluation: outputs under `root`, TensorBoard logger, the resumable
-    writer and the informative progress bar (then `callbacks`), no checkpointing, autograd
-    available (the controller's optimization needs it; Lightning's inference mode forbids it)."""
-    from lightning.pytorch import Trainer
+# Settings every evaluation trainer gets: no checkpoints or model summary (nothing is trained),
+# and autograd available (the controller's optimization needs it; inference mode forbids it).
+TRAINER_DEFAULTS = {"enable_checkpointing": False, "enable_model_summary": False, "inference_mode": False}
 
+
+def eval_callbacks(progress_bar: bool = True, retry_errors: bool = True) -> list:
+    """The resumable writer and, unless turned off, the informative progress bar."""
     from vreason.callbacks import EvalProgressBar, PredictionWriter
 
-    callbacks = [PredictionWriter()] + ([EvalProgressBar()] if enable_progress_bar else []) + list(callbacks)
-    settings = dict(logger=eval_logger(root), enable_checkpointing=False, enable_model_summary=False, inference_mode=False)
-    settings.update(kwargs)
+    return [PredictionWriter(retry_errors=retry_errors)] + ([EvalProgressBar()] if progress_bar else [])
+
+
+def eval_trainer(root: str | os.PathLike, accelerator: str = "cpu", devices: int | str = 1, strategy: str = "auto",
+                 enable_progress_bar: bool = True, callbacks: Sequence = (), retry_errors: bool = True, **kwargs):
+    """A Trainer set up for evaluation: outputs under `root`, TensorBoard logger, the evaluation
+    callbacks (then `callbacks`) and `TRAINER_DEFAULTS` (overridable through `kwargs`)."""
+    from lightning.pytorch import Trainer
+
+    settings = {"logger": eval_logger(root), **TRAINER_DEFAULTS, **kwargs}
     return Trainer(default_root_dir=str(root), accelerator=accelerator, devices=devices, strategy=strategy,
-                   callbacks=callbacks, enable_progress_bar=enable_progress_bar, **settings)
+                   callbacks=eval_callbacks(enable_progress_bar, retry_errors) + list(callbacks),
+                   enable_progress_bar=enable_progress_bar, **settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,16 +82,16 @@ def _make_cli_class():
         def add_arguments_to_parser(self, parser) -> None:
             # The data side needs the model's processor; one key sets both.
             parser.link_arguments("model.model_path", "data.model_path")
+            parser.add_argument("--retry_errors", type=bool, default=True,
+                                help="on resume, run samples whose record is an error again (default true)")
 
         def instantiate_trainer(self, **kwargs):
-            from vreason.callbacks import EvalProgressBar
-
             config = self._get(self.config_init, "trainer", default={})
             if config.get("logger") in (None, True):
                 kwargs["logger"] = eval_logger(config.get("default_root_dir") or os.getcwd())
-            if config.get("enable_progress_bar") is False:
-                self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"]
-                                                      if not isinstance(c, EvalProgressBar)]
+            progress_bar = config.get("enable_progress_bar") is not False
+            retry_errors = self._get(self.config_init, "retry_errors", default=True)
+            self.trainer_defaults["callbacks"] = eval_callbacks(progress_bar, bool(retry_errors))
             return super().instantiate_trainer(**kwargs)
 
     return VReasonCLI
@@ -93,7 +101,6 @@ def build_cli(args: Sequence[str]):
     """Parse `vreason predict` arguments and instantiate the module, the data and the trainer
     (nothing is loaded or run yet). Raises `argparse.ArgumentError` or `ValueError` for a bad
     configuration."""
-    from vreason.callbacks import EvalProgressBar, PredictionWriter
     from vreason.data.datamodule import BenchmarkDataModule
     from vreason.module import VReasonModule
 
@@ -108,13 +115,7 @@ def build_cli(args: Sequence[str]):
             seed_everything_default=False,
             parser_kwargs={"exit_on_error": False, "prog": "vreason predict"},
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={
-                "callbacks": [PredictionWriter(), EvalProgressBar()],
-                "enable_checkpointing": False,
-                "enable_model_summary": False,
-                "inference_mode": False,
-                "devices": 1,
-            },
+            trainer_defaults={**TRAINER_DEFAULTS, "devices": 1},
             auto_configure_optimizers=False,
         )
 
@@ -172,7 +173,7 @@ def demo(args: Sequence[str]) -> int:
     started = time.perf_counter()
     import torch
 
-    from vreason.callbacks import entropy_curve_figure, figure_image
+    from vreason.plots import entropy_curve_figure, figure_image
     from vreason.config import ControllerConfig, DecodeConfig
     from vreason.data.datamodule import BenchmarkDataModule
     from vreason.data.synthetic import write_synthetic_benchmark

@@ -23,6 +23,7 @@ from lightning.pytorch import LightningModule
 
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.metrics import EvalMetrics
+from vreason.run_settings import plain
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,26 @@ class VReasonModule(LightningModule):
         # object.__setattr__ keeps the model out of nn.Module's registry (see the module docstring).
         object.__setattr__(self, "_hf_model", model)
         self._processor = processor
+        # The data side prepares inputs with this same processor instead of loading its own.
+        connect = getattr(self._trainer.datamodule, "connect", None) if self._trainer is not None else None
+        if callable(connect):
+            connect(processor)
         object.__setattr__(self, "_generator", VReasonGenerator(model, controller=self.controller, decode=self.decode))
+
+    def run_settings(self) -> dict[str, Any]:
+        """What of the module determines its records: the model folder, dtype, controller and
+        decoding settings (the writer's resume key and the summary's header)."""
+        return {"model_path": str(self.model_path), "dtype": str(self.dtype_name),
+                "controller": plain(self.controller), "decode": plain(self.decode)}
+
+    def add_finished(self, records: list[dict]) -> None:
+        """Count records finished by an earlier run into the live metrics (a resume)."""
+        for record in records:
+            self.metrics.update(record)
+
+    def compute_metrics(self) -> dict:
+        """The live metrics over every rank (a collective: all ranks call it)."""
+        return self.metrics.compute()
 
     def on_predict_start(self) -> None:
         self._plotted.clear()
@@ -112,6 +132,7 @@ class VReasonModule(LightningModule):
             error = "no model inputs for this sample"
         if error is not None:
             return self._error_record(sample, error)
+        out_of_memory = None
         try:
             # The controller needs autograd, which a Trainer left in inference mode forbids; tensors
             # made under inference mode are cloned into ordinary ones.
@@ -127,17 +148,41 @@ class VReasonModule(LightningModule):
             new_tokens = result.sequences[:, result.prompt_length:]
             text = self._processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
         except torch.OutOfMemoryError as exc:
-            # Drop every reference to the failed sample's tensors before freeing the cache.
-            inputs = result = new_tokens = None  # noqa: F841
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            log.warning("sample %s ran out of memory; recorded as an error", sample.key)
-            return self._error_record(sample, f"out of memory: {_one_line(exc)}")
+            # Only the message is kept: the exception's traceback holds the failed attempt's
+            # frames, and with them its tensors, until this block ends.
+            out_of_memory = f"out of memory: {_one_line(exc)}"
         except Exception as exc:  # any per-sample failure must not end a long run
             log.warning("sample %s failed: %s", sample.key, _one_line(exc))
             return self._error_record(sample, _one_line(exc))
-        return self._record(sample, text, latency=latency, result=result)
+        if out_of_memory is None:
+            return self._record(sample, text, latency=latency, result=result)
+        # Drop every reference to the failed attempt's tensors before freeing the cache.
+        inputs = result = new_tokens = item["inputs"] = None  # noqa: F841
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return self._retry_with_fewer_frames(item, out_of_memory)
+
+    def _retry_with_fewer_frames(self, item: dict, error: str) -> dict:
+        """**ours**: a video sample that ran out of memory runs once more with half its frames
+        (uniformly re-sampled, rounded down to even, at least 2); a second failure, an image or
+        a clip already at 2 frames is an error record. `retried_with` on the record is the
+        frame count of the second attempt, `num_frames` the count its answer (or error) had."""
+        from vreason.data.items import prepare_item
+
+        sample, meta, video = item["sample"], item.get("meta"), item.get("video")
+        used = len(meta["indices"]) if meta else 0
+        half = used // 4 * 2
+        if item.get("retried_with") is not None or video is None or half < 2:
+            log.warning("sample %s ran out of memory; recorded as an error", sample.key)
+            return self._error_record(sample, error)
+        log.warning("sample %s ran out of memory with %d frames; trying again with %d", sample.key, used, half)
+        retry = prepare_item(sample, self._processor, video.with_num_frames(half))
+        retry["retried_with"] = half
+        record = self._predict_item(retry)
+        record["retried_with"] = half
+        record["num_frames"] = len(retry["meta"]["indices"]) if retry.get("meta") else None
+        return record
 
     def _sample_seed(self, key: str) -> Optional[int]:
         # With sampling, each sample draws from its own stream, fixed by the run's seed and the
@@ -242,7 +287,7 @@ class VReasonModule(LightningModule):
         experiment = self._experiment()
         if experiment is None:
             return
-        from vreason.callbacks import figure_image, sample_trace_figure
+        from vreason.plots import figure_image, sample_trace_figure
 
         self._plotted[record["benchmark"]] = done + 1
         tag = f"samples/{record['benchmark']}/{record['index']:05d}" if isinstance(record["index"], int) else f"samples/{record['key']}"

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.figure:
-        from vreason.callbacks import entropy_curve_figure, figure_image
+        from vreason.plots import entropy_curve_figure, figure_image
         import matplotlib.image
 
         curves = {label: pooled_curve(s) for label, s in zip(columns, summaries)}

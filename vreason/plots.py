@@ -1,0 +1,93 @@
+"""Figures of a run, drawn with matplotlib's Agg canvas directly (no pyplot, no display): one
+sample's entropy, EMA, running peak and α per generated token, and the mean entropy curve with
+its ±std band over a benchmark, the paper's way of showing macro-exploration and -exploitation
+(the paper, Fig. 1). Used by TensorBoard logging, the demo and the paper-table script.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _figure(width: float, height: float, rows: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def figure_image(fig) -> "Any":
+    """RGB array `[H, W, 3]` of a matplotlib figure."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+def sample_trace_figure(record: dict):
+    """Entropy (before and after the round), its EMA with the running peak, and α over the
+    generated tokens of one sample; dots mark tokens where an optimization round ran."""
+    import numpy as np
+
+    h = np.asarray(record.get("entropy") or [], dtype=float)
+    fig, (ax_h, ax_a) = _figure(8, 4.5, rows=2)
+    k = np.arange(len(h))
+    ax_h.plot(k, h, color="tab:orange", lw=1.2, label="entropy H_k")
+    after = record.get("entropy_after")
+    if after:
+        ax_h.plot(k, np.asarray(after, dtype=float), color="tab:red", lw=0.8, alpha=0.7, label="entropy after update")
+    ema = np.asarray(record.get("ema") or [], dtype=float)
+    if len(ema):
+        ax_h.plot(k[: len(ema)], ema, color="tab:blue", lw=1.5, label="EMA E_k")
+        ax_h.plot(k[: len(ema)], np.maximum.accumulate(ema), color="tab:blue", lw=0.8, ls="--", label="running peak")
+    updated = np.asarray(record.get("updated") or [], dtype=bool)
+    if updated.any() and len(h):
+        idx = k[: len(updated)][updated[: len(h)]]
+        ax_h.plot(idx, h[idx], ".", color="k", ms=3, label="round ran")
+    ax_h.set_ylabel("entropy (nats)")
+    ax_h.grid(True, alpha=0.3)
+    ax_h.legend(fontsize=7, loc="upper right")
+    alpha = np.asarray(record.get("alpha") or [], dtype=float)
+    ax_a.step(np.arange(len(alpha)), alpha, where="post", color="tab:green")
+    ax_a.set_ylim(-1.3, 1.3)
+    ax_a.set_yticks([-1, 1])
+    ax_a.set_ylabel("α")
+    ax_a.set_xlabel("generated token")
+    ax_a.grid(True, alpha=0.3)
+    status = f"score {record.get('reward')}" if not record.get("error") else "error"
+    fig.suptitle(f"{record.get('benchmark')} #{record.get('index')} ({record.get('mode', '')}): "
+                 f"{record.get('num_new_tokens')} tokens, {status}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def entropy_curve_figure(curves: dict[str, dict], title: str = "Entropy vs generated output token", min_fraction: float = 0.05):
+    """Mean entropy vs generated-token index with a ±std band, one line per label (a mode, a
+    model or a benchmark), like the paper's entropy-curve figure. An index is drawn while at
+    least `min_fraction` of that curve's samples (and at least one) are still generating, so the
+    tail is not one sample's noise."""
+    import numpy as np
+
+    fig, (ax,) = _figure(9, 3.6)
+    for label, curve in curves.items():
+        mean = np.asarray(curve.get("mean") or [], dtype=float)
+        std = np.asarray(curve.get("std") or [], dtype=float)
+        count = np.asarray(curve.get("count") or [], dtype=float)
+        if not len(mean):
+            continue
+        keep = count >= max(1.0, math.ceil(min_fraction * count[0]))
+        m = int(keep.sum()) if keep.all() else int(np.argmin(keep))
+        x = np.arange(m)
+        (line,) = ax.plot(x, mean[:m], lw=1.6, label=label)
+        ax.fill_between(x, (mean - std)[:m], (mean + std)[:m], color=line.get_color(), alpha=0.25, lw=0)
+    ax.set_title(title)
+    ax.set_xlabel("generated output token")
+    ax.set_ylabel("entropy (nats)")
+    ax.grid(True, alpha=0.4)
+    if curves:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

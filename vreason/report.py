@@ -1,0 +1,146 @@
+"""The merged outputs of a run, derived from its records (`records.py`): per benchmark the
+protocol's result file `results/eval_<benchmark>.json` (`{"results": [...], "final_acc":
+[{"mean_acc", "mean_mra"}]}`), and for the run `summary.json` and the Markdown table
+`summary.md`. Everything here is recomputed from the JSONL files, so a resumed run's outputs equal
+an uninterrupted run's (up to latencies).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from vreason.metrics import EvalMetrics, is_close, overall_row
+from vreason.records import PREDICTIONS_DIR, RESULTS_DIR, json_default, read_predictions, safe_name, write_atomic
+from vreason.scoring import aggregate
+
+log = logging.getLogger(__name__)
+
+
+def protocol_result(record: dict) -> dict:
+    """One entry of the protocol's `results`: the input sample plus output, prediction, reward,
+    correct and process; the error message and cost of the sample are kept beside them."""
+    out = dict(record.get("entry") or {})
+    out.update(
+        output=record.get("output"),
+        prediction=record.get("prediction"),
+        reward=record.get("reward"),
+        correct=record.get("correct"),
+        process=record.get("process"),
+        error=record.get("error"),
+        num_new_tokens=record.get("num_new_tokens"),
+        latency_s=record.get("latency_s"),
+    )
+    return out
+
+
+def summarize(records_by_bench: dict[str, list[dict]], max_tokens: Optional[int] = None) -> dict:
+    """The summary of complete records: the same metric classes the live run uses, computed in this
+    process only, with `mean_acc`/`mean_mra` from the protocol's own aggregation."""
+    longest = max((len(r.get("entropy") or ()) for recs in records_by_bench.values() for r in recs), default=0)
+    longest = max(longest, max((int(r.get("num_new_tokens") or 0) for recs in records_by_bench.values() for r in recs), default=0))
+    metrics = EvalMetrics(max(1, max_tokens or 0, longest), sync_on_compute=False)
+    for recs in records_by_bench.values():
+        for rec in recs:
+            metrics.update(rec)
+    computed = metrics.compute()
+    for bench, recs in records_by_bench.items():
+        protocol = _protocol_scores(aggregate(recs), bench)
+        computed["benchmarks"][bench].update(protocol)
+    computed["overall"] = overall_row(computed["benchmarks"])
+    return computed
+
+
+def _protocol_scores(aggregated: dict, bench: str) -> dict:
+    # aggregate() answers per benchmark; a flat answer (one benchmark) is accepted as well.
+    row = aggregated.get(bench, aggregated) if isinstance(aggregated, dict) else {}
+    return {k: row[k] for k in ("mean_acc", "mean_mra") if k in row}
+
+
+def merge_predictions(root: str | Path, run_info: Optional[dict] = None, max_tokens: Optional[int] = None,
+                      live_metrics: Optional[dict] = None) -> dict:
+    """Merge every rank file under `root/predictions` into `root/results/eval_<benchmark>.json`,
+    `root/summary.json` and `root/summary.md`; returns the summary (with the records per benchmark
+    under the private key `_records`, for plotting, not written).
+
+    live_metrics: the run's synced `EvalMetrics.compute()`; the summary then records whether they
+    agree with the files (`live_metrics_agree`): if not, a sample was lost or duplicated.
+    """
+    root = Path(root)
+    records = read_predictions(root / PREDICTIONS_DIR)
+    summary = summarize(records, max_tokens=max_tokens)
+    if live_metrics is not None:
+        disagree = metrics_disagreement(live_metrics, summary)
+        summary["live_metrics_agree"] = not disagree
+        if disagree:
+            log.warning("live metrics and merged predictions disagree for %s", ", ".join(disagree))
+    for bench, recs in records.items():
+        row = summary["benchmarks"][bench]
+        final_acc = {"mean_acc": _protocol_number(row.get("mean_acc")), "mean_mra": _protocol_number(row.get("mean_mra"))}
+        payload = {"results": [protocol_result(r) for r in recs], "final_acc": [final_acc]}
+        write_atomic(root / RESULTS_DIR / f"eval_{safe_name(bench)}.json", json.dumps(payload, ensure_ascii=False, indent=2))
+    summary = {**(run_info or {}), **summary}
+    write_atomic(root / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False, default=json_default))
+    write_atomic(root / "summary.md", summary_markdown(summary))
+    summary["_records"] = records
+    return summary
+
+
+def metrics_disagreement(live: dict, summary: dict) -> list[str]:
+    """Benchmarks whose live (synced) metrics and file-based summary differ in count, errors,
+    scores or tokens."""
+    out = []
+    for bench, row in summary["benchmarks"].items():
+        other = live["benchmarks"].get(bench)
+        same = other is not None and other["n"] == row["n"] and other["n_errors"] == row["n_errors"]
+        same = same and all(is_close(other[k], row[k], 1e-6) for k in ("mean_acc", "mean_mra", "mean_tokens"))
+        if not same:
+            out.append(bench)
+    return out
+
+
+def _protocol_number(x: Optional[float]) -> float:
+    # The anchors' files hold 0.0 where a benchmark has no sample of that kind.
+    return 0.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: Optional[float], fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def summary_markdown(summary: dict) -> str:
+    """The per-benchmark table: score (mean_acc, %), MRA (%), mean output tokens, latency, errors."""
+    title = summary.get("title") or "V-Reason evaluation"
+    lines = [f"# {title}", ""]
+    info = [f"{k}: `{summary[k]}`" for k in ("model", "mode") if summary.get(k) is not None]
+    if info:
+        lines += [", ".join(info), ""]
+    lines += [
+        "| benchmark | n | score (mean_acc, %) | MRA (%) | mean output tokens | latency (s/sample) | tokens/s | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for bench, row in summary["benchmarks"].items():
+        lines.append(
+            f"| {bench} | {row['n']} | {_pct(row.get('mean_acc'))} | {_pct(row.get('mean_mra'))} | "
+            f"{_num(row.get('mean_tokens'), '.1f')} | {_num(row.get('mean_latency_s'), '.3f')} | "
+            f"{_num(row.get('tokens_per_s'), '.1f')} | {row['n_errors']} |"
+        )
+    o = summary["overall"]
+    lines.append(
+        f"| **overall** | {o['n']} | {_pct(o.get('mean_score'))} | | {_num(o.get('mean_tokens'), '.1f')} | "
+        f"{_num(o.get('mean_latency_s'), '.3f')} | {_num(o.get('tokens_per_s'), '.1f')} | {o['n_errors']} |"
+    )
+    lines += [
+        "",
+        "score: mean over non-regression samples (the protocol's `mean_acc`); MRA: mean relative accuracy over "
+        "regression samples; overall score: the mean of the score and MRA columns, as the paper's average. "
+        "Error samples count as score 0.",
+        "",
+    ]
+    return "\n".join(lines)
