@@ -159,7 +159,7 @@ def test_paper_configs_compose(tmp_path, size):
             assert cli.model.model_path == f"checkpoints/Qwen2.5-VL-{size.upper()}-Instruct"
             assert cli.model.controller.mode == controller_mode and cli.model.controller.prune_ratio == prune
             assert cli.model.decode.max_new_tokens == 1024 and cli.model.decode.do_sample is False
-            assert cli.datamodule.num_frames == frames and cli.datamodule.max_pixels == 200704
+            assert cli.datamodule.video_config().num_frames == frames and cli.datamodule.video_config().max_pixels == 200704
             assert cli.datamodule.model_path == cli.model.model_path  # linked
             assert len(cli.datamodule.files) == 6
     one = build_cli(["-c", str(CONFIGS / "base.yaml"), "-c", str(CONFIGS / "benchmarks" / "vsibench.yaml"),
