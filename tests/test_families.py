@@ -1,8 +1,8 @@
-"""The families beyond Qwen2.5-VL (LLaVA-OneVision, Qwen3-VL dense and MoE, InternVL) on tiny
-checkpoints loaded through the real path, each against independent oracles: transformers'
-`generate` for `off`, autograd through the real last decoder layer for the exact gradient, a
-full forward over the updated cache for a round's logits, the unpruned cache for Lite, and the
-`vreason predict` command end to end."""
+"""The families beyond Qwen2.5-VL (LLaVA-OneVision, Qwen3-VL dense and MoE, InternVL with a Qwen2
+and a Qwen3 decoder) on tiny checkpoints loaded through the real path, each against independent
+oracles: transformers' `generate` for `off`, autograd through the real last decoder layer for the
+exact gradient, a full forward over the updated cache for a round's logits, the unpruned cache
+for Lite, and the `vreason predict` command end to end."""
 from __future__ import annotations
 
 import copy
@@ -68,7 +68,9 @@ def test_off_is_token_identical_to_generate(tiny, family, prompt):
     expected = model.generate(**inputs, do_sample=False, max_new_tokens=10)
     res = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=10)).generate(**inputs)
     assert torch.equal(res.sequences, expected)
-    kind_token = processor.tokenizer.convert_tokens_to_ids(getattr(processor, "video_token" if "video" in prompt else "image_token"))
+    # InternVL's frames are image tiles: its controlled tokens are all the context tokens.
+    kind = "video_token" if "video" in prompt and not family.startswith("internvl") else "image_token"
+    kind_token = processor.tokenizer.convert_tokens_to_ids(getattr(processor, kind))
     assert res.num_video_tokens == int((inputs["input_ids"] == kind_token).sum()) > 0
 
 

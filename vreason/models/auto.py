@@ -19,6 +19,7 @@ ADAPTER_MAPPING: dict[str, tuple[str, str]] = {
     "llava_onevision": ("llava_onevision", "LlavaOnevisionAdapter"),
     "qwen3_vl": ("qwen3_vl", "Qwen3VLAdapter"),
     "qwen3_vl_moe": ("qwen3_vl", "Qwen3VLAdapter"),
+    "internvl": ("internvl", "InternVLAdapter"),
 }
 
 

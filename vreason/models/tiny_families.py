@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_tiny_llava_onevision", "build_tiny_qwen3_vl", "TINY_BUILDERS"]
+__all__ = ["build_tiny_llava_onevision", "build_tiny_qwen3_vl", "build_tiny_internvl", "TINY_BUILDERS"]
 
 FRAME_SIDE = 112
 
@@ -42,16 +42,12 @@ def _tokenizer(bpe_vocab_size: int, extra_special: list[str] = (), named: dict[s
     (e.g. InternVL's `context_image_token`) the family's processor reads as tokenizer attributes."""
     from transformers import AddedToken, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_qwen_tokenizer_folder(bpe_vocab_size), local_files_only=True)
+    kwargs = {"extra_special_tokens": named} if named else {}
+    tok = AutoTokenizer.from_pretrained(_qwen_tokenizer_folder(bpe_vocab_size), local_files_only=True, **kwargs)
     new = [t for t in extra_special if t not in tok.get_vocab()]
     if new:
         tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in new]},
                                replace_extra_special_tokens=False)
-    if named:
-        tok.extra_special_tokens = {**getattr(tok, "extra_special_tokens", {}), **named}
-        for name, token in named.items():
-            setattr(tok, name, token)
-            setattr(tok, f"{name}_id", tok.convert_tokens_to_ids(token))
     return tok
 
 
@@ -194,5 +190,47 @@ def build_tiny_qwen3_vl(path: str | Path, seed: int = 0, bpe_vocab_size: int = 4
     return _save(Path(path), model_cls, config, processor, tok, seed, dtype)
 
 
+# ---- InternVL ------------------------------------------------------------------------------------
+
+
+def build_tiny_internvl(path: str | Path, seed: int = 0, bpe_vocab_size: int = 400, dtype: torch.dtype = torch.float32,
+                        text_model_type: str = "qwen2", **overrides: Any) -> Path:
+    """An InternVL folder: `text_model_type` "qwen2" (InternVL3) or "qwen3" (InternVL3.5, q/k
+    norms) decoder of 3 layers, GQA 4:2; an InternViT tower on 112-px tiles, pixel-shuffled to
+    4×4 = 16 context tokens a tile (a frame is one tile; images are cropped to tiles)."""
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tok = _tokenizer(bpe_vocab_size, named=named)
+    side = FRAME_SIDE
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=[side, side], patch_size=[14, 14])
+    vision.update(_vision_overrides(overrides))
+    text = dict(model_type=text_model_type, **_text(tok, **overrides))
+    if text_model_type == "qwen3":
+        text.setdefault("head_dim", text["hidden_size"] // text["num_attention_heads"])
+    seq = (side // 14 // 2) ** 2
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.context_image_token_id,
+                            image_seq_length=seq, downsample_ratio=0.5, vision_feature_layer=-1,
+                            tie_word_embeddings=False)
+    size = {"height": side, "width": side}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=True, min_patches=1, max_patches=4),
+        video_processor=InternVLVideoProcessor(size=size),
+        tokenizer=tok,
+        image_seq_length=seq,
+        chat_template=_chat_template("<IMG_CONTEXT>", "<video>"),
+    )
+    return _save(Path(path), InternVLForConditionalGeneration, config, processor, tok, seed, dtype)
+
+
 TINY_BUILDERS = {"llava_onevision": build_tiny_llava_onevision, "qwen3_vl": build_tiny_qwen3_vl,
-                 "qwen3_vl_moe": functools.partial(build_tiny_qwen3_vl, moe=True)}
+                 "qwen3_vl_moe": functools.partial(build_tiny_qwen3_vl, moe=True), "internvl": build_tiny_internvl,
+                 "internvl_qwen3": functools.partial(build_tiny_internvl, text_model_type="qwen3")}
