@@ -1,4 +1,4 @@
-"""Scoring against PROTOCOL.md, on hand-written cases whose values were worked out by hand."""
+"""Scoring against docs/protocol.md, on hand-written cases whose values were worked out by hand."""
 from __future__ import annotations
 
 import pytest

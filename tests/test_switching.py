@@ -1,4 +1,4 @@
-"""EMA, running peak and α (METHOD.md §2.3–2.4) against hand-computed sequences."""
+"""EMA, running peak and α (docs/method.md §2.3–2.4) against hand-computed sequences."""
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,6 @@
 """vreason: V-Reason, training-free video reasoning (see README.md).
 
-Public API (DESIGN.md): `ControllerConfig`, `DecodeConfig`, `VideoConfig`, `VReasonGenerator`,
+Public API (README, "Using it"): `ControllerConfig`, `DecodeConfig`, `VideoConfig`, `VReasonGenerator`,
 `GenerationResult`, `load_model`, and the subpackages `vreason.ops`, `vreason.data`,
 `vreason.scoring`, `vreason.models`. Heavy imports (transformers, the compiled ops) happen on
 first use, so `import vreason` stays cheap for the CLI and for data-loader workers.

@@ -5,7 +5,7 @@ all-reduce and the result does not depend on how samples were sharded. One `Benc
 per benchmark; `EvalMetrics` holds them by name and agrees on the set of names across ranks
 before computing (a rank may have seen none of a benchmark's samples).
 
-Scores follow PROTOCOL.md: `mean_acc` is the mean score over non-regression samples, `mean_mra`
+Scores follow docs/protocol.md: `mean_acc` is the mean score over non-regression samples, `mean_mra`
 the mean over regression samples; error samples count with score 0.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Answer extraction, per-sample scores and per-benchmark aggregation, exactly as PROTOCOL.md.
+"""Answer extraction, per-sample scores and per-benchmark aggregation, exactly as docs/protocol.md.
 
 The rules are the anchors' evaluation script's, edge cases included: a different rule gives
 different numbers, so nothing here is "improved" (no lower-casing, no number extraction from
@@ -52,7 +52,7 @@ def mean_relative_accuracy(pred: float, target: float) -> float:
 
 
 def score(output_text: str | None, solution: str | None, problem_type: str | None) -> float:
-    """Score of one model output against the sample's `solution` (PROTOCOL.md "Scoring")."""
+    """Score of one model output against the sample's `solution` (docs/protocol.md "Scoring")."""
     pred = extract_answer(output_text)
     gt = extract_answer(solution)
     if problem_type == MULTIPLE_CHOICE:

@@ -1,4 +1,4 @@
-"""Entropy switching (METHOD.md §2.3–2.4): the EMA of the entropy, its running peak and α.
+"""Entropy switching (docs/method.md §2.3–2.4): the EMA of the entropy, its running peak and α.
 
 `E_0 = H_0`, `E_k = β·E_{k−1} + (1−β)·H_k`, `P_k = max_{j≤k} E_j`, and in `switch` mode
 `α_k = −1` if `E_k < P_k` else `+1`; `minimize` fixes α ≡ −1, `maximize` α ≡ +1.

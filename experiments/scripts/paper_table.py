@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Turn the `summary.json` files of several runs into the paper's table, with the anchors'
-numbers (METHOD.md §5: Qwen2.5-VL-7B, V-Reason-7B, V-Reason-7B Lite, Video-R1-7B) beside ours.
+numbers (docs/method.md §5: Qwen2.5-VL-7B, V-Reason-7B, V-Reason-7B Lite, Video-R1-7B) beside ours.
 
     python experiments/scripts/paper_table.py runs/*/summary.json [--out table.md] [--figure curves.png]
 
