@@ -4,6 +4,8 @@ clips of several lengths and sizes; plus the error paths."""
 from __future__ import annotations
 
 import gc
+import importlib
+import os
 import weakref
 from pathlib import Path
 
@@ -14,13 +16,17 @@ import torch
 from vreason.data.synthetic import encode_mp4, undecodable_mp4
 from vreason.data.video import VideoError, load_video, num_sampled_frames, smart_resize
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The shared folder beside the checkout (CI has one too); VREASON_SHARED_DIR points elsewhere.
+SHARED = Path(os.environ.get("VREASON_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared")
 REAL_CLIP = SHARED / "data" / "real-clip-1.mp4"
 
 
 @pytest.fixture(scope="module")
 def qwen():
-    vp = pytest.importorskip("qwen_vl_utils.vision_process")
+    # Skip only where the package is not installed at all (it is a test dependency, so CI fails
+    # that skip); a failure inside its import is an error, not a skip of ~29 oracle tests.
+    pytest.importorskip("qwen_vl_utils")
+    vp = importlib.import_module("qwen_vl_utils.vision_process")
     # The oracle must read with decord too, whatever other readers are installed.
     saved = vp.FORCE_QWENVL_VIDEO_READER
     vp.FORCE_QWENVL_VIDEO_READER = "decord"
@@ -55,7 +61,7 @@ def assert_same_as_reference(vp, path, **kw):
     return frames, meta
 
 
-@pytest.mark.skipif(not REAL_CLIP.exists(), reason="shared real clip not present")
+@pytest.mark.skipif(not REAL_CLIP.exists(), reason=f"shared real clip not found at {REAL_CLIP} (VREASON_SHARED_DIR sets the folder)")
 @pytest.mark.parametrize("kw", [dict(num_frames=16), dict(num_frames=32), dict(num_frames=7),
                                 dict(fps=2.0), dict(fps=0.5)])
 def test_real_clip_matches_qwen_vl_utils(qwen, kw):
@@ -79,12 +85,13 @@ def clips(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("frames", [16, 33, 61])
-@pytest.mark.parametrize("kw", [dict(num_frames=4), dict(num_frames=16), dict(num_frames=9), dict(fps=2.0),
-                                dict(fps=7.0), dict(num_frames=8, max_pixels=40 * 28 * 28 // 10)])
+# The reference rejects more frames than the clip has: such pairs are not generated (no skips).
+@pytest.mark.parametrize("frames, kw", [
+    (frames, kw) for frames in (16, 33, 61)
+    for kw in (dict(num_frames=4), dict(num_frames=16), dict(num_frames=9), dict(fps=2.0),
+               dict(fps=7.0), dict(num_frames=8, max_pixels=40 * 28 * 28 // 10))
+    if kw.get("num_frames", 0) <= frames])
 def test_generated_clips_match_qwen_vl_utils(qwen, clips, frames, kw):
-    if kw.get("num_frames", 0) > frames:
-        pytest.skip("the reference rejects more frames than the clip has")
     assert_same_as_reference(qwen, clips[frames], **kw)
 
 
