@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_tiny_llava_onevision", "build_tiny_qwen3_vl", "build_tiny_internvl", "TINY_BUILDERS"]
+__all__ = ["build_tiny_llava_onevision", "build_tiny_qwen3_vl", "build_tiny_internvl", "build_tiny_qwen3_5",
+           "TINY_BUILDERS"]
 
 FRAME_SIDE = 112
 
@@ -231,6 +232,47 @@ def build_tiny_internvl(path: str | Path, seed: int = 0, bpe_vocab_size: int = 4
     return _save(Path(path), InternVLForConditionalGeneration, config, processor, tok, seed, dtype)
 
 
+# ---- Qwen3.5 ----------------------------------------------------------------------------------------
+
+
+def build_tiny_qwen3_5(path: str | Path, seed: int = 0, bpe_vocab_size: int = 400, dtype: torch.dtype = torch.float32,
+                       video_max_pixels: int = FRAME_SIDE * FRAME_SIDE, video_min_pixels: int = 56 * 56,
+                       **overrides: Any) -> Path:
+    """A Qwen3.5 folder: a hybrid decoder of 4 layers (linear, linear, full, full: the last is
+    full attention, as in the real models, and so is one before it), gated full attention with
+    q/k norms and partial rotary (a quarter of head_dim), interleaved M-RoPE, patch-14 vision."""
+    import transformers
+
+    tok = _tokenizer(bpe_vocab_size)
+    conv = tok.convert_tokens_to_ids
+    text = _text(tok, num_hidden_layers=4, **overrides)
+    text.setdefault("head_dim", 32)
+    text.setdefault("layer_types", ["linear_attention", "linear_attention", "full_attention", "full_attention"])
+    rot_half = text["head_dim"] // 4 // 2
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10_000_000.0, "partial_rotary_factor": 0.25,
+                               "mrope_section": [rot_half - 2 * (rot_half // 3), rot_half // 3, rot_half // 3],
+                               "mrope_interleaved": True}
+    text.update(linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+                linear_num_value_heads=4)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=text["hidden_size"], num_position_embeddings=64)
+    vision.update(_vision_overrides(overrides))
+    config = transformers.Qwen3_5Config(
+        text_config=text, vision_config=vision, image_token_id=conv("<|image_pad|>"), video_token_id=conv("<|video_pad|>"),
+        vision_start_token_id=conv("<|vision_start|>"), vision_end_token_id=conv("<|vision_end|>"), tie_word_embeddings=False,
+    )
+    size = {"shortest_edge": video_min_pixels, "longest_edge": video_max_pixels}
+    template = _chat_template("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>")
+    processor = transformers.Qwen3VLProcessor(
+        image_processor=transformers.Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        video_processor=transformers.Qwen3VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        tokenizer=tok,
+        chat_template=template,
+    )
+    return _save(Path(path), transformers.Qwen3_5ForConditionalGeneration, config, processor, tok, seed, dtype)
+
+
 TINY_BUILDERS = {"llava_onevision": build_tiny_llava_onevision, "qwen3_vl": build_tiny_qwen3_vl,
                  "qwen3_vl_moe": functools.partial(build_tiny_qwen3_vl, moe=True), "internvl": build_tiny_internvl,
-                 "internvl_qwen3": functools.partial(build_tiny_internvl, text_model_type="qwen3")}
+                 "internvl_qwen3": functools.partial(build_tiny_internvl, text_model_type="qwen3"),
+                 "qwen3_5": build_tiny_qwen3_5}
