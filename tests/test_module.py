@@ -10,7 +10,7 @@ from vreason.data.datamodule import BenchmarkDataModule
 from vreason.data.synthetic import write_synthetic_benchmark
 from vreason.models.tiny import build_tiny_model
 from vreason.module import VReasonModule
-from vreason.scoring import ERROR_OUTPUT
+from vreason.scoring import ERROR_OUTPUT, extract_answer, score
 
 N_GOOD = 4
 MAX_NEW = 16
@@ -45,11 +45,19 @@ def test_predict_writes_every_sample_once_with_protocol_files_and_tensorboard(as
     good = [r for r in records if not r["error"]]
     assert len(good) == N_GOOD
     for r in good:
+        entry = assets["entries"][r["index"]]
         assert 1 <= r["num_new_tokens"] <= MAX_NEW
         assert len(r["entropy"]) == len(r["ema"]) == len(r["alpha"]) == len(r["updated"]) == r["num_new_tokens"]
-        assert set(r["alpha"]) <= {-1, 1} and r["updated"][0] == 1  # switch mode: a round at k = 0
-        assert r["latency_s"] > 0 and r["entry"] == assets["entries"][r["index"]]
-        assert r["mode"] == "switch" and r["prediction"] is not None and r["reward"] in (0.0, 1.0) or r["problem_type"] == "regression"
+        assert set(r["alpha"]) <= {-1, 1}
+        # switch mode, every_k = 2 by default: rounds at k = 0, 2, 4, ...
+        assert r["updated"] == [k % 2 == 0 for k in range(r["num_new_tokens"])]
+        assert r["latency_s"] > 0 and r["entry"] == entry and r["mode"] == "switch"
+        # The record's answer and score are those of its own output against its entry's solution.
+        assert r["problem_type"] == entry["problem_type"] and r["solution"] == entry["solution"]
+        assert r["prediction"] == extract_answer(r["output"])
+        assert r["reward"] == score(r["output"], entry["solution"], entry["problem_type"])
+    # The fixture's good samples cover scored kinds and regression (MRA) alike.
+    assert {r["problem_type"] for r in good} >= {"multiple choice", "regression"}
     errors = [r for r in records if r["error"]]
     assert len(errors) == n - N_GOOD
     assert all(r["output"] == ERROR_OUTPUT and r["reward"] == 0.0 and "\n" not in r["error"] for r in errors)
