@@ -1,6 +1,7 @@
 """The `vreason` command: one-line errors for bad inputs, exit 0 with counted error samples, demo."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +247,13 @@ def test_off_with_lite_is_labelled_as_pruned(assets, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["mode"] == "off" and summary["label"] == "off+lite0.5"
     assert "off+lite0.5" in (tmp_path / "summary.md").read_text()
+
+
+def test_predict_output_has_nothing_a_user_cannot_act_on(assets, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vreason.cli", *small(assets, tmp_path)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "| Synthetic |" in proc.stdout
+    noise = [line for line in output.splitlines() if re.search(r"warn|deprecat|💡", line, re.IGNORECASE)]
+    assert noise == []

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 # The evaluation trainer is defined once, in trainer.py (the demo and the tests use it too).
 from vreason.trainer import TRAINER_DEFAULTS, eval_callbacks, eval_logger, eval_trainer  # noqa: F401
 
-USAGE = """usage: vreason {predict,demo,synth} ...
+USAGE = """usage: vreason {predict,demo,synth,doctor} ...
 
   vreason predict -c CONFIG.yaml [--model.* --data.* --trainer.*]
         evaluate a model over protocol benchmark files (`vreason predict --help` for every key)
@@ -27,6 +27,8 @@ USAGE = """usage: vreason {predict,demo,synth} ...
         tiny offline model + synthetic benchmark on CPU: baseline (off) vs V-Reason (switch)
   vreason synth --out DIR [--n N] [--seed S] [--with-errors]
         write a synthetic benchmark (videos + eval_Synthetic.json)
+  vreason doctor [--device cpu|cuda]
+        print the environment and check the compiled ops and a tiny model on this machine (run it first on a GPU)
 """
 
 # Exit codes: 2 for a configuration the parser rejects, 1 for inputs that cannot be read.
@@ -72,6 +74,9 @@ def build_cli(args: Sequence[str]):
     from vreason.data.datamodule import BenchmarkDataModule
     from vreason.module import VReasonModule
 
+    # Lightning's CLI calls jsonargparse APIs that jsonargparse has deprecated: nothing a user of
+    # ours can act on. Their own switch turns the notices off (set before jsonargparse reads it).
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     with warnings.catch_warnings():
         # `args` is the command line minus "predict"; sys.argv stays whole for DDP's relaunch.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
@@ -224,7 +229,13 @@ def synth(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"predict": predict, "demo": demo, "synth": synth}
+def doctor(args: Sequence[str]) -> int:
+    from vreason.doctor import doctor as run_doctor
+
+    return run_doctor(args)
+
+
+COMMANDS = {"predict": predict, "demo": demo, "synth": synth, "doctor": doctor}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -6,15 +6,29 @@ available (the controller's optimization needs it; Lightning's inference mode fo
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
 __all__ = ["TRAINER_DEFAULTS", "eval_callbacks", "eval_logger", "eval_trainer"]
 
 
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's "💡 Tip" about a cloud logging service, printed at every Trainer start:
+    an evaluation run already logs to TensorBoard, and nothing in it is for the user to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_NO_ADVERTISEMENT = _NoAdvertisement()
+
+
 def eval_logger(root: str | os.PathLike):
     """TensorBoard under `<root>/tb`, one folder per root (a resumed run adds event files there)."""
     from lightning.pytorch.loggers import TensorBoardLogger
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTISEMENT)
 
     return TensorBoardLogger(save_dir=str(root), name="tb", version="", default_hp_metric=False)
 
