@@ -96,13 +96,15 @@ def test_a_failing_generation_becomes_an_error_record_and_the_run_goes_on(assets
     from vreason.generation import VReasonGenerator
 
     real = VReasonGenerator.generate
-    calls = {"n": 0}
+    calls = {"n": 0, "frames": []}
 
     def flaky(self, **inputs):
         calls["n"] += 1
-        if calls["n"] == 1:
+        calls["frames"].append(int(inputs["video_grid_thw"][0, 0]))
+        # Sample 0 runs out of memory, and again when retried with half its frames; sample 1 fails.
+        if calls["n"] in (1, 2):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
-        if calls["n"] == 2:
+        if calls["n"] == 3:
             raise RuntimeError("shape mismatch")
         return real(self, **inputs)
 
@@ -112,6 +114,8 @@ def test_a_failing_generation_becomes_an_error_record_and_the_run_goes_on(assets
     by_index = {r["index"]: r for r in records}
     assert by_index[0]["error"].startswith("out of memory: OutOfMemoryError: CUDA out of memory")
     assert "\n" not in by_index[0]["error"]
+    # 4 frames are 2 temporal patches; the retry's 2 frames are 1.
+    assert calls["frames"][:2] == [2, 1] and by_index[0]["retried_with"] == 2
     assert by_index[1]["error"] == "RuntimeError: shape mismatch" and by_index[1]["output"] == ERROR_OUTPUT
     assert all(not by_index[i]["error"] for i in range(2, N_GOOD))
     summary = json.loads((tmp_path / "summary.json").read_text())
