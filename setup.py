@@ -8,7 +8,9 @@ Environment:
 - CUDA_HOME (or CUDA_PATH): the CUDA toolkit's folder. torch's own guess follows `nvcc` on PATH,
   which can be a wrapper script outside the toolkit; a folder counts only if it holds both
   bin/nvcc and include/cuda_runtime.h (then torch's guess and /usr/local/cuda are tried).
-- TORCH_CUDA_ARCH_LIST: GPU architectures, default "8.0;9.0" (A100, H100).
+- TORCH_CUDA_ARCH_LIST: GPU architectures, default "8.0;9.0+PTX" (A100, H100, and PTX for the
+  newest, which the driver compiles for newer GPUs such as sm_100/sm_120 instead of failing with
+  "no kernel image" at their first launch).
 - MAX_JOBS: parallel compile jobs (ninja).
 """
 from __future__ import annotations
@@ -21,10 +23,11 @@ from setuptools import setup
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).parent
-CSRC = "cuda"
-CPU_SOURCES = [f"{CSRC}/ops.cpp", f"{CSRC}/cpu_ops.cpp", f"{CSRC}/cpu_avx2.cpp", f"{CSRC}/cpu_avx512.cpp",
-               f"{CSRC}/python_module.cpp"]
-CUDA_SOURCES = [f"{CSRC}/entropy.cu", f"{CSRC}/value_update.cu"]
+CSRC = "cuda"  # shared schemas and checks; each backend beside them in cpu/ and gpu/
+CPU_SOURCES = [f"{CSRC}/ops.cpp", f"{CSRC}/python_module.cpp", f"{CSRC}/cpu/cpu_ops.cpp",
+               f"{CSRC}/cpu/entropy_avx2.cpp", f"{CSRC}/cpu/entropy_avx512.cpp"]
+CUDA_SOURCES = [f"{CSRC}/gpu/cuda_ops.cpp", f"{CSRC}/gpu/entropy.cu", f"{CSRC}/gpu/value_update.cu"]
+INCLUDE_DIRS = [str(ROOT / CSRC)]
 
 
 def cuda_home() -> str | None:
@@ -56,14 +59,16 @@ def extension():
     cxx = ["-O3", "-std=c++20", "-fopenmp"]
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "vreason._C", CPU_SOURCES, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]
+            "vreason._C", CPU_SOURCES, include_dirs=INCLUDE_DIRS, extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
         )
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     # torch.utils.cpp_extension read CUDA_HOME at import; point it at the toolkit found above.
     cpp_extension.CUDA_HOME = cuda_home()
     return cpp_extension.CUDAExtension(
         "vreason._C",
         CPU_SOURCES + CUDA_SOURCES,
+        include_dirs=INCLUDE_DIRS,
         define_macros=[("VREASON_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20"]},
         extra_link_args=["-fopenmp"],

@@ -1,22 +1,13 @@
-// Operator schemas (registered once, namespace `vreason`), the input checks every backend
-// shares, and the CUDA entry points that hand raw pointers and the current stream to the
-// kernels in entropy.cu / value_update.cu (compiled only when VREASON_WITH_CUDA is defined).
+// The operator schemas (registered once, namespace `vreason`) and the input checks every
+// backend shares. Each backend registers its kernels beside them: cpu/cpu_ops.cpp (CPU) and
+// gpu/cuda_ops.cpp (CUDA, compiled only when VREASON_WITH_CUDA is defined).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "ops.h"
-
-#ifdef VREASON_WITH_CUDA
-// Only c10's CUDA headers: ATen/cuda/* pulls in cuBLAS headers the toolkit may not ship.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include "kernels.h"
-#endif
 
 namespace vreason {
 
@@ -109,6 +100,30 @@ void fail_bad_position(int64_t index, int64_t position, int64_t seq) {
               " is out of range for a cache of ", seq, " positions");
 }
 
+void fail_repeated_position(int64_t index, int64_t first, int64_t position) {
+  TORCH_CHECK(false, "vreason.ops.value_update_: positions[", index, "] = ", position, " repeats positions[", first,
+              "]; each position may be written once (two writers of one row would mix two updated vectors)");
+}
+
+int64_t first_bad_position(const int64_t* positions, int64_t num, int64_t seq) {
+  std::vector<unsigned char> seen(static_cast<size_t>(seq), 0);
+  for (int64_t j = 0; j < num; ++j) {
+    const int64_t p = positions[j];
+    if (p < 0 || p >= seq || seen[p]) return j;
+    seen[p] = 1;
+  }
+  return -1;
+}
+
+void fail_position(const int64_t* positions, int64_t index, int64_t seq) {
+  const int64_t p = positions[index];
+  if (p < 0 || p >= seq) fail_bad_position(index, p, seq);
+  for (int64_t i = 0; i < index; ++i) {
+    if (positions[i] == p) fail_repeated_position(index, i, p);
+  }
+  TORCH_CHECK(false, "vreason.ops.value_update_: positions[", index, "] = ", p, " was reported bad but is not");
+}
+
 bool built_with_cuda() {
 #ifdef VREASON_WITH_CUDA
   return true;
@@ -116,122 +131,6 @@ bool built_with_cuda() {
   return false;
 #endif
 }
-
-#ifdef VREASON_WITH_CUDA
-namespace {
-
-gpu::DType gpu_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return gpu::DType::Float32;
-    case at::kHalf: return gpu::DType::Float16;
-    case at::kBFloat16: return gpu::DType::BFloat16;
-    case at::kDouble: return gpu::DType::Float64;
-    default: TORCH_CHECK(false, "vreason: no CUDA kernel for dtype ", t);
-  }
-}
-
-// A device→host sync per call would stall the decode loop, so on CUDA the kernels report bad
-// rows / positions through a device flag that is read only when VREASON_CUDA_CHECKS=1. Without
-// it a bad entropy row yields NaN and an out-of-range position is skipped (never written).
-bool cuda_checks_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("VREASON_CUDA_CHECKS");
-    return v != nullptr && *v != '\0' && std::string(v) != "0";
-  }();
-  return on;
-}
-
-// Holds the first bad index (atomicMin); all bits set (-1 as int64) means none.
-at::Tensor new_error_flag(const at::Tensor& like) { return at::full({1}, -1, like.options().dtype(at::kLong)); }
-
-unsigned long long* flag_ptr(at::Tensor& flag) {
-  return flag.defined() ? reinterpret_cast<unsigned long long*>(flag.mutable_data_ptr<int64_t>()) : nullptr;
-}
-
-at::Tensor entropy_cuda(const at::Tensor& logits) {
-  check_entropy_logits(logits, /*allow_double=*/false);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor z = logits.contiguous();
-  const int64_t n = z.size(-1);
-  const int64_t rows = z.numel() / n;
-  at::Tensor out = at::empty(z.sizes().slice(0, z.dim() - 1), z.options().dtype(at::kFloat));
-  if (rows == 0) return out;
-  at::Tensor flag = cuda_checks_enabled() ? new_error_flag(z) : at::Tensor();
-  C10_CUDA_CHECK(gpu::entropy_forward(gpu_dtype(z.scalar_type()), z.const_data_ptr(), rows, n,
-                                      out.mutable_data_ptr<float>(), flag_ptr(flag),
-                                      c10::cuda::getCurrentCUDAStream()));
-  if (flag.defined()) {
-    const int64_t bad = flag.item<int64_t>();
-    if (bad != -1) fail_bad_entropy_row("entropy", bad, logits);
-  }
-  return out;
-}
-
-at::Tensor entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& h) {
-  check_entropy_backward(grad, logits, h, /*allow_double=*/false);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor z = logits.contiguous();
-  const int64_t n = z.size(-1);
-  const int64_t rows = z.numel() / n;
-  at::Tensor grad_logits = at::empty_like(z, at::MemoryFormat::Contiguous);
-  if (rows == 0) return grad_logits;
-  const at::Tensor g = grad.contiguous().to(at::kFloat), hc = h.contiguous();
-  C10_CUDA_CHECK(gpu::entropy_backward(gpu_dtype(z.scalar_type()), g.const_data_ptr<float>(), z.const_data_ptr(),
-                                       hc.const_data_ptr<float>(), rows, n, grad_logits.mutable_data_ptr(),
-                                       c10::cuda::getCurrentCUDAStream()));
-  return grad_logits;
-}
-
-at::Tensor value_update_cuda(const at::Tensor& v0, const at::Tensor& delta) {
-  check_value_update("value_update", v0, delta, /*allow_double=*/false);
-  const c10::cuda::CUDAGuard guard(v0.device());
-  const at::Tensor a = v0.contiguous(), d = delta.contiguous();
-  at::Tensor out = at::empty_like(a, at::MemoryFormat::Contiguous);
-  const int64_t dim = a.size(-1);
-  const int64_t rows = a.numel() / dim;
-  if (rows == 0) return out;
-  C10_CUDA_CHECK(gpu::value_update_forward(a.const_data_ptr<float>(), d.const_data_ptr<float>(), rows, dim,
-                                           out.mutable_data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
-  return out;
-}
-
-at::Tensor value_update_backward_cuda(const at::Tensor& grad, const at::Tensor& v0, const at::Tensor& delta) {
-  check_value_update_backward(grad, v0, delta, /*allow_double=*/false);
-  const c10::cuda::CUDAGuard guard(v0.device());
-  const at::Tensor a = v0.contiguous(), d = delta.contiguous(), g = grad.contiguous();
-  at::Tensor out = at::empty_like(a, at::MemoryFormat::Contiguous);
-  const int64_t dim = a.size(-1);
-  const int64_t rows = a.numel() / dim;
-  if (rows == 0) return out;
-  C10_CUDA_CHECK(gpu::value_update_backward(g.const_data_ptr<float>(), a.const_data_ptr<float>(),
-                                            d.const_data_ptr<float>(), rows, dim, out.mutable_data_ptr<float>(),
-                                            c10::cuda::getCurrentCUDAStream()));
-  return out;
-}
-
-void value_update_inplace_cuda(at::Tensor& cache, const at::Tensor& positions, const at::Tensor& v0,
-                                      const at::Tensor& delta) {
-  check_value_update_inplace(cache, positions, v0, delta, /*allow_double=*/false);
-  const c10::cuda::CUDAGuard guard(cache.device());
-  const at::Tensor pos = positions.contiguous(), a = v0.contiguous(), d = delta.contiguous();
-  if (pos.numel() == 0 || cache.size(0) == 0 || cache.size(1) == 0) return;
-  const gpu::CacheView view{cache.mutable_data_ptr(), gpu_dtype(cache.scalar_type()),
-                            cache.size(0),           cache.size(1),
-                            cache.size(2),           cache.size(3),
-                            cache.stride(0),         cache.stride(1),
-                            cache.stride(2),         cache.stride(3)};
-  at::Tensor flag = cuda_checks_enabled() ? new_error_flag(cache) : at::Tensor();
-  C10_CUDA_CHECK(gpu::value_update_inplace(view, pos.const_data_ptr<int64_t>(), pos.numel(), a.const_data_ptr<float>(),
-                                           d.const_data_ptr<float>(), flag_ptr(flag),
-                                           c10::cuda::getCurrentCUDAStream()));
-  if (flag.defined()) {
-    const int64_t bad = flag.item<int64_t>();
-    if (bad != -1) fail_bad_position(bad, pos[bad].item<int64_t>(), cache.size(2));
-  }
-}
-
-}  // namespace
-#endif  // VREASON_WITH_CUDA
 
 TORCH_LIBRARY(vreason, m) {
   m.def("entropy(Tensor logits) -> Tensor");
@@ -242,23 +141,5 @@ TORCH_LIBRARY(vreason, m) {
   // output aliases an input; the Python front returns the cache.
   m.def("value_update_(Tensor(a!) cache, Tensor positions, Tensor v0, Tensor delta) -> ()");
 }
-
-TORCH_LIBRARY_IMPL(vreason, CPU, m) {
-  m.impl("entropy", &entropy_cpu);
-  m.impl("entropy_backward", &entropy_backward_cpu);
-  m.impl("value_update", &value_update_cpu);
-  m.impl("value_update_backward", &value_update_backward_cpu);
-  m.impl("value_update_", &value_update_inplace_cpu);
-}
-
-#ifdef VREASON_WITH_CUDA
-TORCH_LIBRARY_IMPL(vreason, CUDA, m) {
-  m.impl("entropy", &entropy_cuda);
-  m.impl("entropy_backward", &entropy_backward_cuda);
-  m.impl("value_update", &value_update_cuda);
-  m.impl("value_update_backward", &value_update_backward_cuda);
-  m.impl("value_update_", &value_update_inplace_cuda);
-}
-#endif
 
 }  // namespace vreason

@@ -1,10 +1,11 @@
 // The `vreason._C` Python module. The operators register with the dispatcher when the library
-// loads (TORCH_LIBRARY in ops.cpp); this module only adds build and CPU-path introspection.
+// loads (the schemas in ops.cpp, each backend's kernels beside them in cpu/ and gpu/); this
+// module only adds build and CPU-path introspection.
 #include <Python.h>
 
 #include <algorithm>
 
-#include "cpu_avx512.h"
+#include "cpu/cpu_ops.h"
 #include "ops.h"
 
 namespace {

@@ -60,6 +60,16 @@ VR_HD void entropy_rebase(EntropyState<acc_t>& st, acc_t m_new) {
   }
   const acc_t d = st.m - m_new;  // <= 0
   const acc_t scale = vr_exp(d);
+  if (scale == acc_t(0)) {
+    // The old terms are below the type's range next to the new max. d·s may even overflow to
+    // -inf (logits near ±FLT_MAX, or masked with finfo.min instead of -inf), and 0·(−inf)
+    // would turn a row with a well-defined entropy into NaN. Only a NaN already in s (a NaN
+    // logit) must survive, as 0·NaN.
+    st.s = scale * st.s;
+    st.t = st.s;
+    st.m = m_new;
+    return;
+  }
   st.t = scale * (st.t + d * st.s);
   st.s = scale * st.s;
   st.m = m_new;
@@ -121,9 +131,12 @@ VR_HD EntropyGradRow<acc_t> entropy_grad_row(const EntropyState<acc_t>& st, acc_
 
 template <typename acc_t>
 VR_HD acc_t entropy_grad_elem(const EntropyGradRow<acc_t>& row, acc_t z) {
-  if (z == -static_cast<acc_t>(INFINITY)) return acc_t(0);  // p = 0, p log p -> 0
   const acc_t x = z - row.m;
-  return row.coef * vr_exp(x) * (x + row.offset);
+  const acc_t e = vr_exp(x);
+  // p = 0 (a -inf logit, or one below the type's range): p log p -> 0. Tested on e rather than
+  // on z, since x itself may be -inf for finite z (z − m overflows near ±FLT_MAX): 0·(−inf).
+  if (e == acc_t(0)) return acc_t(0);
+  return row.coef * e * (x + row.offset);
 }
 
 // ---- value_update ----------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -372,6 +374,96 @@ def test_value_update_inplace_rejects_bad_inputs():
         ops.value_update_(cache, positions.to("meta"), v0, delta)
 
 
+@pytest.mark.parametrize("positions, index, first", [([3, 5, 3, 1], 2, 0), ([4, 4, 0, 1], 1, 0), ([0, 1, 2, 1], 3, 1)])
+def test_value_update_inplace_rejects_repeated_positions(positions, index, first):
+    # Two writers of one cache row would leave one of two updated vectors (or a mix of both on a
+    # GPU): checked, like a position out of range, before anything is written.
+    cache, _, v0, delta = cache_case(torch.float32, seq=10, num=4)
+    before = cache.clone()
+    pos = torch.tensor(positions)
+    with pytest.raises(RuntimeError, match=rf"positions\[{index}\] = {positions[index]} repeats positions\[{first}\]"):
+        ops.value_update_(cache, pos, v0, delta)
+    assert torch.equal(cache, before)
+
+
+def test_value_update_inplace_checks_positions_without_rows():
+    # Nothing to write when batch or heads is 0, but a bad position is still a bad call.
+    for shape in ((0, 2, 10, 8), (2, 0, 10, 8)):
+        cache = torch.randn(shape)
+        v0 = torch.randn(shape[0], shape[1], 2, 8)
+        with pytest.raises(RuntimeError, match=r"positions\[1\] = 10 is out of range"):
+            ops.value_update_(cache, torch.tensor([3, 10]), v0, v0)
+        with pytest.raises(RuntimeError, match="repeats"):
+            ops.value_update_(cache, torch.tensor([3, 3]), v0, v0)
+
+
+# ---- large finite logits -------------------------------------------------------------------
+
+def lowest_rows(dtype):
+    """Rows masked with the dtype's lowest finite value instead of -inf, and rows spanning
+    ±max: every one has an entropy (the reference's), though z − max overflows to -inf."""
+    info = torch.finfo(dtype)
+    lo, hi = info.min, info.max
+    g = torch.Generator().manual_seed(3)
+    mixed = torch.randn(3000, generator=g).double() * 4
+    mixed[torch.rand(3000, generator=g) < 0.5] = lo
+    rows = [[0.0] + [lo] * 63, [lo] * 63 + [0.0], [lo] * 3000 + [0.0], [lo] * 300 + [1.0] + [lo] * 2699,
+            [lo, hi] + [0.0] * 2998, [-hi] * 2999 + [hi], mixed.tolist()]
+    width = max(len(r) for r in rows)
+    # Pad with -inf (a masked token) to one width.
+    return torch.tensor([r + [-INF] * (width - len(r)) for r in rows], dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("level", LEVELS)
+def test_entropy_of_rows_near_the_float_range(dtype, level):
+    # A rescale by e^{m_old − m_new} = 0 multiplied (t + d·s), where d·s overflows to -inf: NaN,
+    # a finite row reported bad. Same 0·(−inf) in the gradient when z − m overflows.
+    z = lowest_rows(dtype)
+    leaf = z.clone().requires_grad_(True)
+    want_leaf = z.clone().requires_grad_(True)
+    g = torch.linspace(0.5, 1.5, z.shape[0], dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    with simd_level(level):
+        h = ops.entropy(leaf)
+        (grad,) = torch.autograd.grad(h, leaf, grad_outputs=g)
+    want = reference.entropy(want_leaf)
+    (want_grad,) = torch.autograd.grad(want, want_leaf, grad_outputs=g)
+    torch.testing.assert_close(h, want, **tol(dtype))
+    assert not grad.isnan().any()
+    torch.testing.assert_close(grad, want_grad.to(grad.dtype), **output_tol(dtype))
+
+
+def fatbin_entries(path):
+    """(kind, arch) of every image in a library's CUDA fat binaries: kind 1 is PTX, 2 a cubin."""
+    import struct
+
+    data = open(path, "rb").read()
+    magic = struct.pack("<I", 0xBA55ED50)
+    found, i = set(), data.find(magic)
+    while i != -1:
+        _, header, size = struct.unpack_from("<HHQ", data, i + 4)
+        j, end = i + header, i + header + size
+        while j < end:
+            kind, _, entry_header, entry_size = struct.unpack_from("<HHIQ", data, j)
+            found.add((kind, struct.unpack_from("<I", data, j + 28)[0]))
+            j += entry_header + entry_size
+        i = data.find(magic, end)
+    return found
+
+
+@pytest.mark.skipif(not ops.built_with_cuda(), reason="vreason._C was built without its CUDA kernels")
+def test_cuda_build_carries_ptx_for_newer_gpus():
+    # Without PTX a GPU newer than every listed architecture (sm_100, sm_120) fails its first
+    # launch with "no kernel image"; the default arch list ends in +PTX so the driver can JIT.
+    from pathlib import Path
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        pytest.skip("TORCH_CUDA_ARCH_LIST set by hand for this build")
+    lib = next(Path(_C.__file__).parent.glob("_C*.so"))
+    entries = fatbin_entries(lib)
+    assert {(2, 80), (2, 90), (1, 90)} <= entries, entries
+
+
 # ---- registration --------------------------------------------------------------------------
 
 def test_opcheck():
@@ -402,3 +494,75 @@ def test_missing_extension_gives_one_line_import_error():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "ImportError: vreason._C is not built: run `pip install -e . --no-build-isolation`" in proc.stderr
+
+
+# ---- first-use guard -----------------------------------------------------------------------
+
+@pytest.fixture
+def guarded_cpu(monkeypatch):
+    """A fresh first-use guard that checks the CPU too, over a copy of the compiled ops table
+    (a test may break one entry: the fault injected on the CPU path)."""
+    from vreason.ops import guard
+
+    compiled = dict(ops._COMPILED)
+    monkeypatch.setattr(guard, "checks_device", lambda device: True)
+    monkeypatch.setattr(ops, "_guard", guard.FirstUseGuard(compiled, ops._EAGER))
+    monkeypatch.delenv("VREASON_SELFTEST", raising=False)
+    return compiled
+
+
+def test_guard_keeps_a_correct_kernel_without_warning(guarded_cpu, recwarn):
+    z = logits_of((2, 300), torch.float32, masked=0.3)
+    torch.testing.assert_close(ops.entropy(z), reference.entropy(z), **tol(torch.float32))
+    v0, delta = values_of((2, 3, 5, 8))
+    ops.value_update(v0, delta)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert ops._guard.resolved[("entropy", z.device, z.dtype)] is guarded_cpu["entropy"]
+
+
+def test_guard_falls_back_to_eager_on_a_faulty_kernel(guarded_cpu):
+    real = guarded_cpu["entropy"]
+    guarded_cpu["entropy"] = lambda z: real(z) * 1.01  # a wrong kernel
+    z = logits_of((2, 300), torch.float32, masked=0.3)
+    with pytest.warns(RuntimeWarning, match="compiled entropy disagrees with its eager composition"):
+        h = ops.entropy(z)
+    torch.testing.assert_close(h, reference.entropy(z), **tol(torch.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning, not one per call
+        h2 = ops.entropy(z.to(torch.bfloat16))  # another dtype of the failed op: eager, unchecked
+        v0, delta = values_of((2, 3, 5, 8))
+        v = ops.value_update(v0, delta)  # the other ops keep their kernels
+    torch.testing.assert_close(h2, reference.entropy(z.to(torch.bfloat16)), **tol(torch.bfloat16))
+    assert ops._guard.resolved[("value_update", v0.device, v0.dtype)] is guarded_cpu["value_update"]
+    torch.testing.assert_close(v, reference.value_update(v0, delta), rtol=1e-5, atol=1e-6)
+
+
+def test_guard_catches_a_faulty_in_place_update(guarded_cpu):
+    real = guarded_cpu["value_update_"]
+
+    def skips_the_first_position(cache, positions, v0, delta):
+        return real(cache, positions[1:], v0[:, :, 1:], delta[:, :, 1:])
+
+    guarded_cpu["value_update_"] = skips_the_first_position
+    cache, positions, v0, delta = cache_case(torch.bfloat16)
+    expected = reference.value_update_(cache.clone(), positions, v0, delta)
+    with pytest.warns(RuntimeWarning, match="compiled value_update_ disagrees"):
+        ops.value_update_(cache, positions, v0, delta)
+    torch.testing.assert_close(cache, expected, **output_tol(torch.bfloat16))
+
+
+def test_selftest_off_uses_the_kernel_unchecked(guarded_cpu, monkeypatch):
+    monkeypatch.setenv("VREASON_SELFTEST", "0")
+    real = guarded_cpu["entropy"]
+    guarded_cpu["entropy"] = lambda z: real(z) * 1.01
+    z = logits_of((2, 300), torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = ops.entropy(z)
+    torch.testing.assert_close(h, real(z) * 1.01)
+
+
+def test_guard_checks_only_cuda_by_default():
+    from vreason.ops import guard
+
+    assert guard.checks_device(torch.device("cuda", 0)) and not guard.checks_device(torch.device("cpu"))

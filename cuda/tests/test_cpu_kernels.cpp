@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "ops.h"
+#include "cpu/cpu_ops.h"
 
 namespace {
 

@@ -7,15 +7,19 @@
 - `value_update_(cache, positions, v0, delta)`: the same, written in place into
   `cache[:, :, positions, :]`; returns `cache`.
 
-`reference` holds the same three in plain torch (the tests' oracle).
+`reference` holds the same three in plain torch (the tests' oracle); `eager` the same as
+sync-free torch compositions, which `guard` compares each op with at its first use on a CUDA
+device (and falls back to on a mismatch, with one warning; VREASON_SELFTEST=0 turns that off).
 
-Errors: a logits row that is all `-inf` or holds NaN/+inf, and an out-of-range position, raise
-on CPU. On CUDA checking would need a device→host sync per call, so by default a bad entropy row
-gives NaN and an out-of-range position is skipped (nothing written out of bounds); set
-VREASON_CUDA_CHECKS=1 to have the CUDA ops sync and raise the same errors.
+Errors: a logits row that is all `-inf` or holds NaN/+inf raises on CPU; so does a position that
+is out of range or repeats an earlier one, before anything is written. On CUDA checking would
+need a device→host sync per call, so by default a bad entropy row gives NaN (forward and
+backward) and bad positions make `value_update_` write nothing; set VREASON_CUDA_CHECKS=1 to
+have the CUDA ops sync and raise the CPU's errors.
 
-CPU: the entropy row loops use AVX2/FMA/F16C when the CPU has them (chosen at run time);
-VREASON_DISABLE_SIMD=1 at import forces the scalar path.
+CPU: the entropy row loops use AVX2/FMA/F16C, and for float32 AVX-512F, when the CPU has them
+(chosen at run time; `_C.simd_level()` says which); VREASON_DISABLE_SIMD=1 at import forces the
+scalar path.
 """
 from __future__ import annotations
 
@@ -26,9 +30,22 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the build
     raise ImportError("vreason._C is not built: run `pip install -e . --no-build-isolation`") from exc
 
-from vreason.ops import reference
+from vreason.ops import eager, reference
+from vreason.ops.guard import FirstUseGuard
 
 __all__ = ["entropy", "value_update", "value_update_", "built_with_cuda", "reference"]
+
+
+def _value_update_inplace(cache, positions, v0, delta):
+    torch.ops.vreason.value_update_.default(cache, positions, v0, delta)
+    return cache
+
+
+# The compiled ops and their eager compositions, by name: what the first-use guard chooses from.
+_COMPILED = {"entropy": torch.ops.vreason.entropy.default, "value_update": torch.ops.vreason.value_update.default,
+             "value_update_": _value_update_inplace}
+_EAGER = {"entropy": eager.entropy, "value_update": eager.value_update, "value_update_": eager.value_update_}
+_guard = FirstUseGuard(_COMPILED, _EAGER)
 
 
 def built_with_cuda() -> bool:
@@ -43,7 +60,9 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     (p = 0); a row that is all `-inf` or holds NaN/+inf is an error (see the module docstring
     for CUDA). Backward: `dH/dz = −p (log p + H)`, fused.
     """
-    return torch.ops.vreason.entropy.default(logits)
+    device, dtype = logits.device, logits.dtype
+    fn = _guard.resolved.get(("entropy", device, dtype)) or _guard.first_use("entropy", device, dtype)
+    return fn(logits)
 
 
 def value_update(v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -54,7 +73,9 @@ def value_update(v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     result does not depend on delta there, so its gradient w.r.t. delta is 0 (and w.r.t. v0 the
     identity). Differentiable in delta (fused kernel) and in v0.
     """
-    return torch.ops.vreason.value_update.default(v0, delta)
+    device, dtype = v0.device, v0.dtype
+    fn = _guard.resolved.get(("value_update", device, dtype)) or _guard.first_use("value_update", device, dtype)
+    return fn(v0, delta)
 
 
 def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -62,12 +83,14 @@ def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor
     `cache`.
 
     cache: `[batch, kv_heads, seq, head_dim]`, any float dtype (strided views work); positions:
-    1-D int64 on the cache's device, unique, each in `[0, seq)`; v0, delta: float32
+    1-D int64 on the cache's device, unique, each in `[0, seq)` (checked before anything is
+    written; see the module docstring for CUDA); v0, delta: float32
     `[batch, kv_heads, len(positions), head_dim]`. Math in float32, rounded once to the cache's
     dtype; no temporary of the cache's size. Not differentiable.
     """
-    torch.ops.vreason.value_update_.default(cache, positions, v0, delta)
-    return cache
+    device, dtype = cache.device, cache.dtype
+    fn = _guard.resolved.get(("value_update_", device, dtype)) or _guard.first_use("value_update_", device, dtype)
+    return fn(cache, positions, v0, delta)
 
 
 # ---- fake (meta) kernels: shapes and dtypes for torch.compile / FakeTensor ---------------------

@@ -62,18 +62,40 @@ __global__ void __launch_bounds__(kMaxThreads) value_update_backward_kernel(cons
     grad_delta[offset + i] = math::value_update_grad_elem(row, g[i], v[i], d[i]);
 }
 
+constexpr unsigned long long kNone = ~0ull;
+constexpr int kCheckThreads = 256;
+
+// One block checks every position: owner[p] = the first j that writes position p (atomicMin over
+// j), then j is bad if its position is out of range or owned by an earlier j (a repeat). *bad is
+// the first bad j, kNone when there is none.
+__global__ void __launch_bounds__(kCheckThreads)
+    check_positions_kernel(const int64_t* positions, int64_t num, int64_t seq, unsigned long long* owner,
+                           unsigned long long* bad) {
+  if (threadIdx.x == 0) *bad = kNone;
+  for (int64_t p = threadIdx.x; p < seq; p += blockDim.x) owner[p] = kNone;
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < num; j += blockDim.x) {
+    const int64_t p = positions[j];
+    if (p >= 0 && p < seq) atomicMin(owner + p, static_cast<unsigned long long>(j));
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < num; j += blockDim.x) {
+    const int64_t p = positions[j];
+    if (p < 0 || p >= seq || owner[p] != static_cast<unsigned long long>(j)) {
+      atomicMin(bad, static_cast<unsigned long long>(j));
+    }
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kMaxThreads)
     value_update_inplace_kernel(CacheView cache, const int64_t* positions, int64_t num, const float* v0,
-                                const float* delta, unsigned long long* bad_index) {
+                                const float* delta, const unsigned long long* bad) {
   __shared__ Float3 scratch[kMaxThreads / kWarp];
+  if (*bad != kNone) return;  // uniform over the grid: all or nothing
   const int64_t r = blockIdx.x;  // row of v0/delta: (b, h, j)
   const int64_t j = r % num, h = (r / num) % cache.heads, b = r / (num * cache.heads);
   const int64_t pos = positions[j];
-  if (pos < 0 || pos >= cache.seq) {  // uniform over the block: no thread reaches the reduction
-    if (threadIdx.x == 0 && bad_index != nullptr) atomicMin(bad_index, static_cast<unsigned long long>(j));
-    return;
-  }
   const int64_t offset = r * cache.dim;
   const auto row = row_coefficients(v0 + offset, delta + offset, cache.dim, scratch);
   T* dst = static_cast<T*>(cache.data) + b * cache.stride_b + h * cache.stride_h + pos * cache.stride_s;
@@ -81,43 +103,45 @@ __global__ void __launch_bounds__(kMaxThreads)
     dst[i * cache.stride_d] = from_float<T>(math::value_update_elem(row, v0[offset + i], delta[offset + i]));
 }
 
+template <typename T>
+void launch_inplace(dim3 grid, dim3 block, const CacheView& cache, const int64_t* positions, int64_t num,
+                    const float* v0, const float* delta, const unsigned long long* bad, cudaStream_t stream) {
+  VR_LAUNCH(value_update_inplace_kernel<T>, grid, block, stream)(cache, positions, num, v0, delta, bad);
+}
+
 }  // namespace
 
 cudaError_t value_update_forward(const float* v0, const float* delta, int64_t rows, int64_t dim, float* out,
                                  cudaStream_t stream) {
   if (rows > INT_MAX) return cudaErrorInvalidValue;
-  value_update_forward_kernel<<<static_cast<unsigned>(rows), threads_for(dim), 0, stream>>>(v0, delta, dim, out);
+  VR_LAUNCH(value_update_forward_kernel, static_cast<unsigned>(rows), threads_for(dim), stream)(v0, delta, dim, out);
   return cudaGetLastError();
 }
 
 cudaError_t value_update_backward(const float* grad, const float* v0, const float* delta, int64_t rows, int64_t dim,
                                   float* grad_delta, cudaStream_t stream) {
   if (rows > INT_MAX) return cudaErrorInvalidValue;
-  value_update_backward_kernel<<<static_cast<unsigned>(rows), threads_for(dim), 0, stream>>>(grad, v0, delta, dim,
-                                                                                            grad_delta);
+  VR_LAUNCH(value_update_backward_kernel, static_cast<unsigned>(rows), threads_for(dim), stream)(grad, v0, delta, dim,
+                                                                                               grad_delta);
   return cudaGetLastError();
 }
 
 cudaError_t value_update_inplace(const CacheView& cache, const int64_t* positions, int64_t num_positions,
-                                 const float* v0, const float* delta, unsigned long long* bad_index,
+                                 const float* v0, const float* delta, unsigned long long* scratch,
                                  cudaStream_t stream) {
   const int64_t rows = cache.batch * cache.heads * num_positions;
   if (rows > INT_MAX) return cudaErrorInvalidValue;
+  unsigned long long* bad = scratch + cache.seq;
+  VR_LAUNCH(check_positions_kernel, 1, kCheckThreads, stream)(positions, num_positions, cache.seq, scratch, bad);
+  if (rows == 0) return cudaGetLastError();
   const dim3 grid(static_cast<unsigned>(rows)), block(threads_for(cache.dim));
   switch (cache.dtype) {
-    case DType::Float32:
-      value_update_inplace_kernel<float><<<grid, block, 0, stream>>>(cache, positions, num_positions, v0, delta, bad_index);
-      break;
-    case DType::Float16:
-      value_update_inplace_kernel<__half><<<grid, block, 0, stream>>>(cache, positions, num_positions, v0, delta, bad_index);
-      break;
+    case DType::Float32: launch_inplace<float>(grid, block, cache, positions, num_positions, v0, delta, bad, stream); break;
+    case DType::Float16: launch_inplace<__half>(grid, block, cache, positions, num_positions, v0, delta, bad, stream); break;
     case DType::BFloat16:
-      value_update_inplace_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(cache, positions, num_positions, v0, delta,
-                                                                             bad_index);
+      launch_inplace<__nv_bfloat16>(grid, block, cache, positions, num_positions, v0, delta, bad, stream);
       break;
-    case DType::Float64:
-      value_update_inplace_kernel<double><<<grid, block, 0, stream>>>(cache, positions, num_positions, v0, delta, bad_index);
-      break;
+    case DType::Float64: launch_inplace<double>(grid, block, cache, positions, num_positions, v0, delta, bad, stream); break;
   }
   return cudaGetLastError();
 }

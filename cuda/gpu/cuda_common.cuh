@@ -1,5 +1,10 @@
-// Helpers shared by the .cu files: element conversions and block reductions (warp shuffles,
-// then one value per warp through shared memory).
+// Helpers shared by the .cu files: element conversions, block reductions (warp shuffles, then
+// one value per warp through shared memory) and the kernel launch.
+//
+// The kernels use only the CUDA built-ins that cuda/tests/cuda_host_emulation.h provides
+// (threadIdx/blockIdx/blockDim/gridDim, __shared__, __syncthreads, __shfl_xor_sync, atomicMin,
+// 16-byte vector loads, the fp16/bf16 conversions), so the ctest build runs these same sources on
+// the host; a new built-in needs an emulation there too.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +13,12 @@
 
 #include "kernels.h"
 #include "vreason_math.cuh"
+
+// A launch written as a call, `VR_LAUNCH(kernel, grid, block, stream)(args...)`, which the host
+// emulation defines as its own launch (it includes its definition before this header).
+#ifndef VR_LAUNCH
+#define VR_LAUNCH(kernel, grid, block, stream) kernel<<<(grid), (block), 0, (stream)>>>
+#endif
 
 namespace vreason::gpu {
 

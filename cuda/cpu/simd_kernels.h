@@ -1,6 +1,8 @@
-// AVX2 row loops of the CPU entropy kernels. They live in their own translation unit whose
-// functions carry target("avx2,fma,f16c"), so the extension still loads and runs (scalar path)
-// on CPUs without AVX2; callers check avx2::supported() first.
+// The SIMD entropy row loops of the CPU kernels: one algorithm (entropy_simd.h, a template over
+// the vector width) compiled once per target in its own unit, entropy_avx2.cpp (8 lanes) and
+// entropy_avx512.cpp (16 lanes). Those units compile their functions for their target only, so
+// the extension still loads and runs (scalar path) on CPUs without it; callers check supported()
+// first.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -11,7 +13,7 @@
 
 namespace vreason::avx2 {
 
-bool supported();
+bool supported();  // AVX2 + FMA + F16C
 
 // The entropy state of n contiguous logits (a row or a segment of one).
 math::EntropyState<float> entropy_state(const float* z, int64_t n);
@@ -33,3 +35,18 @@ void entropy_grad(const c10::BFloat16* z, int64_t n, const math::EntropyGradRow<
 void entropy_grad(const c10::Half* z, int64_t n, const math::EntropyGradRow<float>& row, c10::Half* out);
 
 }  // namespace vreason::avx2
+
+// AVX-512F: float32 only (the forward and the exp-reusing backward, the hot paths at vocab
+// scale); bf16/fp16 keep the AVX2 loops. chunk_m written by this entropy_state_exp must be read
+// by this entropy_grad_from_exp (each unit owns its chunking).
+namespace vreason::avx512 {
+
+bool supported();  // AVX-512F, with the OS saving the zmm/mask state
+
+math::EntropyState<float> entropy_state(const float* z, int64_t n);
+int64_t exp_chunks(int64_t n);
+math::EntropyState<float> entropy_state_exp(const float* z, int64_t n, float* e, float* chunk_m);
+void entropy_grad_from_exp(const float* z, int64_t n, const float* e, const float* chunk_m,
+                           const math::EntropyGradRow<float>& row, float* out);
+
+}  // namespace vreason::avx512

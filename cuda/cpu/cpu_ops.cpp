@@ -1,10 +1,11 @@
-// CPU kernels of the vreason operators. The per-element and per-row arithmetic comes from
-// vreason_math.cuh (the CUDA kernels use the same functions); the float32/bf16/fp16 entropy row
-// loops use the AVX2 versions in cpu_avx2.cpp when the CPU has them, and float32 the AVX-512F
-// ones in cpu_avx512.cpp when it has those too.
+// CPU kernels of the vreason operators, registered for the CPU dispatch key at the end. The
+// per-element and per-row arithmetic comes from vreason_math.cuh (the CUDA kernels use the same
+// functions); the float32/bf16/fp16 entropy row loops use the SIMD loops (simd_kernels.h) when
+// the CPU has them: AVX2, and for float32 AVX-512F where present.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,8 +13,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu_avx2.h"
-#include "cpu_avx512.h"
+#include "cpu/cpu_ops.h"
+#include "cpu/simd_kernels.h"
 #include "ops.h"
 #include "vreason_math.cuh"
 
@@ -388,9 +389,9 @@ void value_update_inplace_cpu(at::Tensor& cache, const at::Tensor& positions, co
   const at::Tensor pos = positions.contiguous();
   const int64_t* pp = pos.const_data_ptr<int64_t>();
   const int64_t num = pos.numel();
-  for (int64_t j = 0; j < num; ++j) {
-    if (pp[j] < 0 || pp[j] >= seq) fail_bad_position(j, pp[j], seq);
-  }
+  // Every position is checked before anything is written (also when batch or heads is 0).
+  const int64_t bad = first_bad_position(pp, num, seq);
+  if (bad >= 0) fail_position(pp, bad, seq);
   const at::Tensor a = v0.contiguous(), d = delta.contiguous();
   const int64_t heads = cache.size(1), dim = cache.size(3);
   const int64_t rows = a.numel() / dim;  // batch · heads · num, in v0's order
@@ -403,6 +404,14 @@ void value_update_inplace_cpu(at::Tensor& cache, const at::Tensor& positions, co
                                 d.const_data_ptr<scalar_t>(), rows, dim);
     });
   });
+}
+
+TORCH_LIBRARY_IMPL(vreason, CPU, m) {
+  m.impl("entropy", &entropy_cpu);
+  m.impl("entropy_backward", &entropy_backward_cpu);
+  m.impl("value_update", &value_update_cpu);
+  m.impl("value_update_backward", &value_update_backward_cpu);
+  m.impl("value_update_", &value_update_inplace_cpu);
 }
 
 }  // namespace vreason

@@ -1,5 +1,6 @@
 // Launchers of the CUDA kernels (entropy.cu, value_update.cu): plain C++ on raw pointers and a
-// cudaStream_t, so the .cu files compile without torch's headers. Each returns the launch's
+// cudaStream_t, so the .cu files compile without torch's headers (and, in the ctest build, on the
+// host through cuda/tests/cuda_host_emulation.h). They choose each launch's configuration. Each returns the launch's
 // cudaError_t (cudaSuccess when nothing went wrong).
 #pragma once
 
@@ -16,9 +17,10 @@ enum class DType : int { Float32, Float16, BFloat16, Float64 };
 cudaError_t entropy_forward(DType dtype, const void* logits, int64_t rows, int64_t n, float* out,
                             unsigned long long* bad_row, cudaStream_t stream);
 
-// grad_logits (logits' dtype) = −p (log p + H) · grad per row.
+// grad_logits (logits' dtype) = −p (log p + H) · grad per row. A row without entropy gets NaN
+// gradients and, when bad_row is not null, atomicMin(bad_row, row), as in the forward.
 cudaError_t entropy_backward(DType dtype, const float* grad, const void* logits, const float* h, int64_t rows,
-                             int64_t n, void* grad_logits, cudaStream_t stream);
+                             int64_t n, void* grad_logits, unsigned long long* bad_row, cudaStream_t stream);
 
 // Rows of `dim` float32 values, contiguous.
 cudaError_t value_update_forward(const float* v0, const float* delta, int64_t rows, int64_t dim, float* out,
@@ -35,10 +37,12 @@ struct CacheView {
 };
 
 // cache[b, h, positions[j], :] = value_update(v0, delta)[b, h, j, :] (v0/delta contiguous
-// [batch, heads, num_positions, dim] float32). Out-of-range positions are skipped and, when
-// bad_index is not null, reported as atomicMin(bad_index, j).
+// [batch, heads, num_positions, dim] float32), all or nothing: a first kernel checks every
+// position (in range, not a repeat of an earlier one) into scratch (cache.seq + 1 entries; the
+// last one receives the first bad index j, or all bits set when there is none), and the update
+// kernel writes nothing when it found one. The check runs also when batch or heads is 0.
 cudaError_t value_update_inplace(const CacheView& cache, const int64_t* positions, int64_t num_positions,
-                                 const float* v0, const float* delta, unsigned long long* bad_index,
+                                 const float* v0, const float* delta, unsigned long long* scratch,
                                  cudaStream_t stream);
 
 }  // namespace vreason::gpu

@@ -1,6 +1,12 @@
 // CUDA entropy kernels: one block per row, each thread keeps an online (max, Σe, Σe·x) state
 // over a strided slice of the row (vreason_math.cuh, the same arithmetic as the CPU path),
 // then warp shuffles and shared memory merge the states.
+//
+// One block per row stays (**ours**): a decode step has one row, so all SMs but one idle, but
+// one 152k-logit row is ~5-10 µs on one SM against ~20 ms per token of a 7B model's forward,
+// well under 0.1% of the step. Revisit (split a row over blocks and merge their states, as the
+// CPU path splits it over threads) when the per-token budget shrinks: a decode loop captured in
+// a CUDA graph, or a much smaller model.
 #include <climits>
 #include <cstdint>
 
@@ -54,11 +60,15 @@ __global__ void __launch_bounds__(kEntropyThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kEntropyThreads)
-    entropy_backward_kernel(const float* grad, const T* logits, const float* h, int64_t n, T* grad_logits) {
+    entropy_backward_kernel(const float* grad, const T* logits, const float* h, int64_t n, T* grad_logits,
+                            unsigned long long* bad_row) {
   __shared__ math::EntropyState<float> scratch[kEntropyThreads / kWarp];
   const int64_t row = blockIdx.x;
   const T* z = logits + row * n;
   const auto st = row_state(z, n, scratch);
+  if (threadIdx.x == 0 && bad_row != nullptr && !math::entropy_row_ok(st)) {
+    atomicMin(bad_row, static_cast<unsigned long long>(row));
+  }
   const auto consts = math::entropy_grad_row(st, h[row], grad[row]);
   T* out = grad_logits + row * n;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = from_float<T>(math::entropy_grad_elem(consts, to_float(z[i])));
@@ -67,16 +77,16 @@ __global__ void __launch_bounds__(kEntropyThreads)
 template <typename T>
 cudaError_t launch_forward(const void* logits, int64_t rows, int64_t n, float* out, unsigned long long* bad_row,
                            cudaStream_t stream) {
-  entropy_forward_kernel<T><<<static_cast<unsigned>(rows), kEntropyThreads, 0, stream>>>(
+  VR_LAUNCH(entropy_forward_kernel<T>, static_cast<unsigned>(rows), kEntropyThreads, stream)(
       static_cast<const T*>(logits), n, out, bad_row);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launch_backward(const float* grad, const void* logits, const float* h, int64_t rows, int64_t n,
-                            void* grad_logits, cudaStream_t stream) {
-  entropy_backward_kernel<T><<<static_cast<unsigned>(rows), kEntropyThreads, 0, stream>>>(
-      grad, static_cast<const T*>(logits), h, n, static_cast<T*>(grad_logits));
+                            void* grad_logits, unsigned long long* bad_row, cudaStream_t stream) {
+  VR_LAUNCH(entropy_backward_kernel<T>, static_cast<unsigned>(rows), kEntropyThreads, stream)(
+      grad, static_cast<const T*>(logits), h, n, static_cast<T*>(grad_logits), bad_row);
   return cudaGetLastError();
 }
 
@@ -94,12 +104,13 @@ cudaError_t entropy_forward(DType dtype, const void* logits, int64_t rows, int64
 }
 
 cudaError_t entropy_backward(DType dtype, const float* grad, const void* logits, const float* h, int64_t rows,
-                             int64_t n, void* grad_logits, cudaStream_t stream) {
+                             int64_t n, void* grad_logits, unsigned long long* bad_row, cudaStream_t stream) {
   if (rows > INT_MAX) return cudaErrorInvalidValue;
   switch (dtype) {
-    case DType::Float32: return launch_backward<float>(grad, logits, h, rows, n, grad_logits, stream);
-    case DType::Float16: return launch_backward<__half>(grad, logits, h, rows, n, grad_logits, stream);
-    case DType::BFloat16: return launch_backward<__nv_bfloat16>(grad, logits, h, rows, n, grad_logits, stream);
+    case DType::Float32: return launch_backward<float>(grad, logits, h, rows, n, grad_logits, bad_row, stream);
+    case DType::Float16: return launch_backward<__half>(grad, logits, h, rows, n, grad_logits, bad_row, stream);
+    case DType::BFloat16:
+      return launch_backward<__nv_bfloat16>(grad, logits, h, rows, n, grad_logits, bad_row, stream);
     default: return cudaErrorInvalidValue;
   }
 }
