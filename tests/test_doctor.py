@@ -1,0 +1,48 @@
+"""`vreason doctor` on the CPU: every check passes and the exit code is 0; an injected fault in
+one compiled op fails its row and the exit code is 1; --device cuda without a GPU is one line."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vreason import doctor as doctor_module
+from vreason.cli import main
+
+
+def test_doctor_passes_on_cpu(capsys):
+    assert main(["doctor", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for line in ("torch", "vreason._C", "CPU SIMD", "transformers", "lightning", "decord"):
+        assert line in out
+    rows = [r for r in out.splitlines() if r.startswith("| ") and ("PASS" in r or "FAIL" in r)]
+    # entropy and value_update in two dtypes, the tiny model's build, off decoding, switch gradient
+    assert len(rows) == 7 and all("| PASS" in r for r in rows), out
+    assert "7 of 7 checks passed" in out
+
+
+def test_doctor_fails_on_a_wrong_kernel(monkeypatch, capsys):
+    real = torch.ops.vreason.value_update_.default
+
+    class Wrong:
+        """Writes the update, then corrupts one element: the in-place op's row must fail."""
+
+        @staticmethod
+        def default(cache, positions, v0, delta):
+            real(cache, positions, v0, delta)
+            cache[0, 0, positions[0], 0] += 1.0
+
+    class Ops:
+        def __getattr__(self, name):
+            return Wrong if name == "value_update_" else getattr(torch.ops.vreason, name)
+
+    monkeypatch.setattr(doctor_module, "_vreason_ops", lambda: Ops())
+    assert doctor_module.doctor(["--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    failed = [r for r in out.splitlines() if "| FAIL" in r]
+    assert failed and all("ops.value_update" in r for r in failed), out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_doctor_on_cuda_without_a_gpu_is_one_line(capsys):
+    assert main(["doctor", "--device", "cuda"]) == 2
+    assert "vreason doctor: error: --device cuda but torch sees no GPU" in capsys.readouterr().err
