@@ -1,19 +1,23 @@
 """The test-time controller: ΔV on the last layer's video values, Adam, and the exact one-token
-gradient (METHOD.md §2.1–2.2, §2.5–2.6 and §3).
+gradient (docs/method.md §2.1–2.2, §2.5–2.6 and §3).
 
 Why the gradient is exact and cheap. ΔV changes only the last layer's values at video
 positions; keys never change, so the current query's attention probabilities `a` over the
 cached positions are constants with respect to ΔV, and the last layer's attention output is
 `o = o_rest + a_video · V(ΔV)`. Everything after `o` (o_proj, residual, MLP block, final norm,
-lm_head, entropy) is a one-token function; autograd over this one-token graph gives the exact
-`∂L/∂ΔV` (through `ops.value_update`), with no backward through the model and no weight
-gradient (the model's parameters are frozen).
+lm_head, entropy) is a one-token function, differentiated for that one token: with no
+backward through the model and no weight gradient (the model's parameters are frozen).
 
-The first step of a round needs no lm_head forward: ΔV has not moved since the model's own
-forward produced the current logits z_k, so `∂L/∂z` comes from `ops.entropy`'s backward at z_k
-and `∂L/∂h = ∂L/∂z · W_lm` is one matmul; autograd covers the rest of the tail. After each Adam
-step one tail forward (MLP + lm_head) gives the logits at the new ΔV: the token is chosen from
-them, or the next step differentiates at them.
+A round's operations (`round`), for a dense SwiGLU tail (`tail.py`):
+- step 1 starts where the model's own forward of the current token left off: its logits z_k and
+  its tail activations at the current ΔV (captured by the adapter's hook), so no forward is
+  recomputed; `∂L/∂z` comes from `ops.entropy`'s backward at z_k;
+- each step: the lm_head backward (`∂L/∂h = ∂L/∂z · W_lm`), the tail's hand-written backward,
+  `∂L/∂V = a_videoᵀ ∂L/∂o` and `ops.value_update`'s backward, the guarded Adam step written into
+  the cache, then one tail forward and one lm_head forward at the new ΔV: the token is chosen from
+  those logits, or the next step differentiates at them.
+Another tail (a mixture-of-experts MLP) is differentiated by autograd, recomputed at the current
+ΔV. The round is a fixed sequence of tensor operations: no host sync, no branch on a value.
 
 Numerical guard: a non-finite loss or gradient leaves ΔV and the Adam state as they were (a
 device-side select, no host sync) and counts a skipped round; generation continues.
@@ -74,11 +78,25 @@ class AttentionConstants:
         self.o_rest = o_rest
 
 
+def _lm_blocks(vocab: int, target_rows: int = _LM_BLOCK_ROWS) -> int:
+    """How many equal row blocks the lm_head backward splits the weight into: the divisor of
+    `vocab` whose block is nearest `target_rows` (1 for a vocabulary under two blocks)."""
+    if vocab < 2 * target_rows:
+        return 1
+    divisors = [d for d in range(1, vocab // 1024 + 1) if vocab % d == 0]
+    return min(divisors, key=lambda d: abs(vocab // d - target_rows))
+
+
 class ValueController:
     """ΔV for one sample: created after prefill (and Lite), discarded when the sample ends.
 
     `video_index` holds the cache indices of the (kept) video tokens in the last layer. V0 is a
     float32 copy of the last layer's values there; ΔV starts at zero.
+
+    The tail: where the adapter describes its last layer's tail as a dense SwiGLU block
+    (`adapter.dense_tail()`), forward and backward run by hand (`tail.py`), starting from the
+    activations the model's own forward captured (`LayerInput.tail`). Otherwise (a mixture-of-
+    experts MLP, say) autograd differentiates the adapter's `tail`, recomputed at the current ΔV.
     """
 
     def __init__(self, adapter: DecoderAdapter, config: ControllerConfig, cache, video_index: torch.Tensor) -> None:
@@ -93,6 +111,16 @@ class ValueController:
         self.log_vocab = math.log(adapter.vocab_size)
         self.lm_weight = adapter.lm_head_weight()
         self.model_dtype = self.lm_weight.dtype
+        self.dense = adapter.dense_tail()
+        vocab, hidden = self.lm_weight.shape
+        blocks = _lm_blocks(vocab)
+        self._lm_blocks = self.lm_weight.view(blocks, vocab // blocks, hidden)
+        self._values: tuple | None = None  # (ΔV, leaf, V(leaf)): value_update's graph at that ΔV
+
+    def due(self, k: int) -> bool:
+        """Whether generated token k gets a round: k = 0, every_k, 2·every_k, ... (**ours**: the
+        first token already gets one). A host-side rule on the token index, never on data."""
+        return k % self.config.every_k == 0
 
     @property
     def skipped(self) -> torch.Tensor:
@@ -130,8 +158,40 @@ class ValueController:
     def gradient(self, layer_input: LayerInput, cache, logits: torch.Tensor, alpha: torch.Tensor):
         """`(L, ∂L/∂ΔV)` at the current ΔV, where `logits` are the model's logits for the current
         token (computed with the current ΔV in the cache)."""
-        delta, hidden = self._tail_graph(layer_input, self.attention_constants(layer_input, cache))
-        return self._loss_and_grad(delta, hidden, logits, alpha)
+        consts = self.attention_constants(layer_input, cache)
+        if self.dense is None:
+            delta, hidden = self._tail_graph(layer_input, consts)
+            return self._loss_and_grad(delta, hidden, logits, alpha)
+        _, acts = self._forward(layer_input, consts)
+        loss, grad_hidden = self._grad_hidden(logits, alpha)
+        return loss, self._backward(consts, acts, grad_hidden)
+
+    # ---- the hand-written tail (dense SwiGLU) ---------------------------------------------------
+
+    def _value_graph(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """V(ΔV) at the current ΔV and the leaf it was recorded from (reused until ΔV moves)."""
+        if self._values is None or self._values[0] is not self.delta:
+            with torch.enable_grad():
+                leaf = self.delta.detach().requires_grad_(True)
+                self._values = (self.delta, leaf, ops.value_update(self.v0, leaf))
+        return self._values[1], self._values[2]
+
+    def _forward(self, layer_input: LayerInput, consts: AttentionConstants):
+        """The tail at the current ΔV: final-norm hidden state and activations."""
+        _, values = self._value_graph()
+        attn = consts.o_rest + consts.a_video @ values.detach()
+        return self.dense.forward(layer_input.hidden, attn.reshape(1, 1, -1).to(self.model_dtype))
+
+    def _backward(self, consts: AttentionConstants, acts, grad_hidden: torch.Tensor) -> torch.Tensor:
+        """∂L/∂ΔV from ∂L/∂(final hidden) at the activations `acts` of the current ΔV: the tail's
+        backward, `∂L/∂V[g, j] = Σ_{h∈g} a[h, j] · ∂L/∂o_h`, then the norm-preserving map's."""
+        grad_attn = self.dense.backward(acts, grad_hidden).float().view_as(consts.o_rest)
+        grad_values = consts.a_video.transpose(-1, -2) @ grad_attn  # [1, kv, n_video, head_dim]
+        leaf, values = self._value_graph()
+        (grad,) = torch.autograd.grad(values, leaf, grad_outputs=grad_values)
+        return grad
+
+    # ---- the autograd tail (any other block) ----------------------------------------------------
 
     def _tail_graph(self, layer_input: LayerInput, consts: AttentionConstants) -> tuple[torch.Tensor, torch.Tensor]:
         """A leaf copy of ΔV and the final hidden state recorded as a function of it."""
@@ -147,32 +207,57 @@ class ValueController:
         return loss, grad
 
     def _grad_hidden(self, logits: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(L, ∂L/∂h)` with `∂L/∂h = ∂L/∂z · W_lm`, the lm_head's backward for one token."""
+        """`(L, ∂L/∂h)` with `∂L/∂h = ∂L/∂z · W_lm`, the lm_head's backward for one token.
+
+        `g @ W` over the whole `[vocab, hidden]` weight runs at about half the speed of the
+        forward's `h @ Wᵀ` on CPU (bf16, measured); one batched product over equal row blocks of
+        W (a view, no copy) recovers most of it. Each block's partial product comes out in the
+        model's dtype (CPU matmuls have no wider output for bf16 inputs) and the blocks are summed
+        in float32; the result is rounded to the model's dtype once.
+        """
         loss, grad_z = self.loss_grad_logits(logits, alpha)
-        grad_z = grad_z.to(self.model_dtype)
-        # `g @ W` over the whole [vocab, hidden] weight runs at half the speed of the forward's
-        # `h @ Wᵀ` on CPU (bf16, measured); blocks of rows summed in float32 recover most of it
-        # and accumulate more precisely. A transposed copy of W would cost its full size in memory.
-        grad_hidden = None
-        for start in range(0, grad_z.shape[-1], _LM_BLOCK_ROWS):
-            part = (grad_z[:, start:start + _LM_BLOCK_ROWS] @ self.lm_weight[start:start + _LM_BLOCK_ROWS]).float()
-            grad_hidden = part if grad_hidden is None else grad_hidden + part
-        return loss, grad_hidden.to(self.model_dtype)
+        blocks, rows, _ = self._lm_blocks.shape
+        parts = torch.bmm(grad_z.to(self.model_dtype).view(blocks, 1, rows), self._lm_blocks)  # [blocks, 1, hidden]
+        return loss, parts.sum(0, dtype=torch.float32).to(self.model_dtype)
 
     # ---- one round ----------------------------------------------------------------------------
 
     def round(self, layer_input: LayerInput, cache, logits: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """`steps` Adam steps on ΔV minimizing L at the current token; the updated values are
-        written into the cache. Returns the current token's logits `[1, vocab]` at the new ΔV."""
+        written into the cache. Returns the current token's logits `[1, vocab]` at the new ΔV.
+
+        `logits` and, where present, `layer_input.tail` are the model's at the current ΔV; the
+        round leaves its own activations at the new ΔV in `layer_input.tail`, so a second round
+        on the same token continues from there. A fixed sequence of tensor operations: no host
+        sync, no branch on a value."""
         consts = self.attention_constants(layer_input, cache)
         _, values_cache = self.adapter.cache_kv(cache, self.layer)
+        if self.dense is None:
+            return self._autograd_round(layer_input, consts, values_cache, logits, alpha)
+        acts = layer_input.tail
+        if acts is None or not acts.complete():
+            _, acts = self._forward(layer_input, consts)
+        for _ in range(self.config.steps):
+            loss, grad_hidden = self._grad_hidden(logits, alpha)
+            grad = self._backward(consts, acts, grad_hidden)
+            self._step(loss, grad, values_cache)
+            hidden, acts = self._forward(layer_input, consts)
+            logits = self.logits_of(hidden)
+        layer_input.tail = acts
+        return logits
+
+    def _step(self, loss: torch.Tensor, grad: torch.Tensor, values_cache: torch.Tensor) -> None:
+        """One guarded Adam step on ΔV, written into the cache."""
+        ok = torch.isfinite(loss) & torch.isfinite(grad).all()
+        self.delta = self.adam.step(self.delta, grad, ok)
+        ops.value_update_(values_cache, self.video_index, self.v0, self.delta)
+
+    def _autograd_round(self, layer_input, consts, values_cache, logits, alpha) -> torch.Tensor:
         steps = self.config.steps
         delta, hidden = self._tail_graph(layer_input, consts)
         for step in range(steps):
             loss, grad = self._loss_and_grad(delta, hidden, logits, alpha)
-            ok = torch.isfinite(loss) & torch.isfinite(grad).all()
-            self.delta = self.adam.step(self.delta, grad, ok)
-            ops.value_update_(values_cache, self.video_index, self.v0, self.delta)
+            self._step(loss, grad, values_cache)
             if step < steps - 1:
                 # The graph at the new ΔV serves both the logits and the next step's backward.
                 delta, hidden = self._tail_graph(layer_input, consts)

@@ -1,13 +1,13 @@
 """`VReasonGenerator`: prefill, Lite pruning, and the decode loop with entropy switching and the
-test-time controller (METHOD.md §2; DESIGN.md "Public API").
+test-time controller (docs/method.md §2; README, "Using it").
 
 With Lite (`prune_ratio` > 0) the cache is pruned right after prefill and the last prompt token
 is run again over the pruned cache (`pruning.py`), so every new token sees the pruned cache.
 
 Per generated token k (k = 0 is the token after the prompt):
 1. `H_k = ops.entropy(z_k)` of the model's logits; EMA, running peak and α (`switching.py`).
-2. If the controller is on and `k % every_k == 0` (**ours**: rounds at k = 0, every_k, 2·every_k,
-   ..., so the first token already gets one), `steps` Adam steps on ΔV (`controller.py`); the
+2. If the controller is on and its schedule says so (`controller.due(k)`: k = 0, every_k,
+   2·every_k, ...), `steps` Adam steps on ΔV (`controller.py`); the
    updated values go into the cache and z_k is recomputed.
 3. Token k is chosen from the (recomputed) logits (`sampling.py`); generation stops after an eos
    token of the generation config (kept in `sequences`, as `generate` does) or after
@@ -94,8 +94,7 @@ class VReasonGenerator:
         device = prompt.device
         control = cfg.mode != "off" and cfg.steps > 0
 
-        sink: dict = {}
-        hook = adapter.capture_last_layer_input(sink) if control else None
+        capture = adapter.capture_last_layer_input() if control else None
         try:
             prefill = adapter.prefill(inputs)
             cache = prefill.cache
@@ -125,8 +124,8 @@ class VReasonGenerator:
                 h = ops.entropy(logits).reshape(())
                 ema, alpha = switch.update(h)
                 entropy[k], ema_trace[k], alpha_trace[k] = h, ema, alpha
-                if control and k % cfg.every_k == 0:
-                    logits = controller.round(sink["input"], cache, logits, alpha)
+                if control and controller.due(k):
+                    logits = controller.round(capture.latest, cache, logits, alpha)
                     entropy_after[k] = ops.entropy(logits).reshape(())
                     updated[k] = True
                 else:
@@ -141,8 +140,8 @@ class VReasonGenerator:
                     break
                 logits = adapter.decode_step(token, cache, next_positions + k)
         finally:
-            if hook is not None:
-                hook.remove()
+            if capture is not None:
+                capture.remove()
 
         n = num_new
         sequences = torch.cat([prompt[0], tokens[:n]]).unsqueeze(0).cpu()

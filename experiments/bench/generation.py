@@ -119,8 +119,9 @@ def worker(args) -> dict:
     decode_layers = timings["layer"][n_layers:]  # the prefill's layer calls come first
     n = result.num_new_tokens
     # Medians: the machine is shared, and a neighbour's burst should not decide a component.
-    return dict(
+    row = dict(
         mode=args.mode,
+        steps=args.steps,
         build_s=build_s,
         prefill_s=prefill,
         new_tokens=n,
@@ -138,6 +139,61 @@ def worker(args) -> dict:
         peak_process_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         load=os.getloadavg()[0],
     )
+    row.update(_count_ops(args, model, inputs, timings))
+    return row
+
+
+def _count_ops(args, model, inputs, timings) -> dict:
+    """Tensor operations dispatched per round and per decode token (on a GPU, each is a kernel
+    launch), counted with a dispatch mode over a short separate run: the mode's Python overhead
+    must not reach the timed run."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
+    from vreason.controller import ValueController
+
+    class OpCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    counter = OpCounter()
+    marks: dict[str, list[int]] = {"round": [], "forward": []}
+    timed_round = ValueController.round
+
+    def counted_round(self, *a, **k):
+        before = counter.count
+        out = timed_round(self, *a, **k)
+        marks["round"].append(counter.count - before)
+        return out
+
+    def pre(*_a, **_k):
+        marks["forward"].append(counter.count)
+
+    def post(*_a, **_k):
+        marks["forward"][-1] = counter.count - marks["forward"][-1]
+
+    ValueController.round = counted_round
+    handles = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
+    saved = {k: list(v) for k, v in timings.items()}
+    try:
+        n = 2 * args.every_k + 1
+        with counter:
+            controller = ControllerConfig(mode=args.mode, every_k=args.every_k, steps=args.steps)
+            result = VReasonGenerator(model, controller, DecodeConfig(max_new_tokens=n)).generate(**inputs)
+    finally:
+        ValueController.round = timed_round
+        for h in handles:
+            h.remove()
+        timings.update(saved)
+    rounds = marks["round"]
+    # Everything but the prefill's forward and the rounds, per generated token.
+    per_token = (counter.count - marks["forward"][0] - sum(rounds)) / result.num_new_tokens
+    return dict(ops_round=statistics.median(rounds) if rounds else 0, ops_token=per_token)
 
 
 def main() -> None:
@@ -161,12 +217,15 @@ def main() -> None:
         pixels = args.side * args.side
         build_tiny_model(Path(tmp) / "proc", seed=0, video_max_pixels=pixels, video_min_pixels=pixels)
         rows = {}
-        for mode in ("off", "switch"):
+        runs = [("off", "off", args.steps), ("switch", "switch", args.steps)]
+        if args.steps == 1:
+            runs.append(("switch steps=2", "switch", 2))
+        for label, mode, steps in runs:
             cmd = [sys.executable, __file__, "--worker", mode, "--processor-dir", str(Path(tmp) / "proc"),
-                   "--new-tokens", str(args.new_tokens), "--every-k", str(args.every_k), "--steps", str(args.steps),
+                   "--new-tokens", str(args.new_tokens), "--every-k", str(args.every_k), "--steps", str(steps),
                    "--frames", str(args.frames), "--side", str(args.side)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
 
     off, sw = rows["off"], rows["switch"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
@@ -175,12 +234,23 @@ def main() -> None:
           f"prompt {off['prompt_tokens']} tokens of which {off['video_tokens']} video; {off['new_tokens']} new tokens; "
           f"switch: every_k={args.every_k}, steps={args.steps}")
     print()
-    print("| mode | prefill s | s/token | t_layer ms | t_lm_head ms | t_round ms | rounds | peak RSS MB (process) "
-          "| peak RSS MB (generate) | load avg after |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in (off, sw):
-        print(f"| {r['mode']} | {r['prefill_s']:.2f} | {r['t_token']:.4f} | {1e3 * r['t_layer']:.2f} | {1e3 * r['t_lm_head']:.2f} | "
-              f"{1e3 * r['t_round']:.2f} | {r['rounds']} | {r['peak_process_mb']:.0f} | {r['peak_generate_mb']:.0f} | {r['load']:.2f} |")
+    print("| mode | prefill s | s/token | t_layer ms | t_lm_head ms | t_round ms | rounds | ops/round | ops/token "
+          "| peak RSS MB (process) | peak RSS MB (generate) | load avg after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, r in rows.items():
+        print(f"| {label} | {r['prefill_s']:.2f} | {r['t_token']:.4f} | {1e3 * r['t_layer']:.2f} | {1e3 * r['t_lm_head']:.2f} | "
+              f"{1e3 * r['t_round']:.2f} | {r['rounds']} | {r['ops_round']:.0f} | {r['ops_token']:.0f} "
+              f"| {r['peak_process_mb']:.0f} | {r['peak_generate_mb']:.0f} | {r['load']:.2f} |")
+    print()
+    floor = 2 * sw["t_lm_head"] + 2 * sw["t_layer"]
+    print(f"round vs its floor (switch process): t_round / (2*t_lm_head + 2*t_layer) = {1e3 * sw['t_round']:.1f} / "
+          f"{1e3 * floor:.1f} = {sw['t_round'] / floor:.3f}   target <= 1.2")
+    if "switch steps=2" in rows:
+        s2 = rows["switch steps=2"]
+        step_floor = 2 * s2["t_lm_head"] + 2 * s2["t_layer"]
+        print(f"second step (steps=2 process): t_round(2) - t_round(1) = {1e3 * (s2['t_round'] - sw['t_round']):.1f} ms vs "
+              f"one tail + lm_head fwd+bwd ~ 2*t_lm_head + 2*t_layer = {1e3 * step_floor:.1f} ms")
+    print(f"ops dispatched: {off['ops_token']:.0f} per plain decode token (off), {sw['ops_round']:.0f} per round (switch)")
     print()
     n_layers = SHAPES["num_hidden_layers"]
     mem = sw["peak_process_mb"] / off["peak_process_mb"]

@@ -8,20 +8,36 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-__all__ = ["DecoderAdapter", "LayerInput", "Prefill"]
+if TYPE_CHECKING:  # only for annotations: the interface imports no implementation
+    from vreason.tail import DenseTail, TailActivations
+
+__all__ = ["DecoderAdapter", "LayerInput", "LayerInputCapture", "Prefill"]
 
 
 @dataclass
 class LayerInput:
     """The last decoder layer's input at the current (last) position, captured by a hook:
-    the residual stream `[1, 1, hidden]` and the rotary `(cos, sin)` `[1, 1, head_dim]`."""
+    the residual stream `[1, 1, hidden]` and the rotary `(cos, sin)` `[1, 1, head_dim]`; and,
+    where the adapter captures them, the same forward's tail activations (`tail.py`), which
+    let a controller round start without recomputing the tail."""
 
     hidden: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
+    tail: "TailActivations | None" = None
+
+
+class LayerInputCapture(Protocol):
+    """What `capture_last_layer_input` returns: `latest` is the `LayerInput` of the most recent
+    forward (None before the first); `remove()` uninstalls the hooks."""
+
+    latest: LayerInput | None
+
+    def remove(self) -> None: ...
 
 
 @dataclass
@@ -37,7 +53,7 @@ class Prefill:
 class DecoderAdapter(ABC):
     """A causal vision-language decoder seen as: prefill, one-token decode steps, a KV cache of
     `[batch, kv_heads, seq, head_dim]` tensors per layer, and the last decoder layer split into the
-    parts the exact one-token gradient needs (METHOD.md §3)."""
+    parts the exact one-token gradient needs (docs/method.md §3)."""
 
     model: torch.nn.Module
     num_heads: int
@@ -80,9 +96,16 @@ class DecoderAdapter(ABC):
     def num_layers(self) -> int: ...
 
     @abstractmethod
-    def capture_last_layer_input(self, sink: dict) -> object:
-        """Install a hook that stores the last layer's `LayerInput` at the last position into
-        `sink["input"]` on every forward; return a handle with `.remove()`."""
+    def capture_last_layer_input(self, sink: dict | None = None) -> LayerInputCapture:
+        """Install hooks that keep the last layer's `LayerInput` at the last position of every
+        forward; return the handle (`.latest`, `.remove()`). `sink`, when given, also receives
+        it as `sink["input"]` (for callers written before the handle)."""
+
+    def dense_tail(self) -> "DenseTail | None":
+        """The last layer's tail as a dense SwiGLU block with a hand-written backward
+        (`tail.DenseTail`), or None (the default) for the controller to use autograd over
+        `tail`. An adapter returning one should also fill `LayerInput.tail` in its hook."""
+        return None
 
     @abstractmethod
     def query(self, layer_input: LayerInput) -> torch.Tensor:

@@ -25,6 +25,7 @@ import inspect
 import torch
 
 from vreason.models.adapter import DecoderAdapter, LayerInput, Prefill
+from vreason.tail import DenseTail, TailCapture, last_position
 
 __all__ = ["QwenVLAdapter"]
 
@@ -208,15 +209,13 @@ class QwenVLAdapter(DecoderAdapter):
 
     # ---- the last layer, piece by piece ----------------------------------------------------------
 
-    def capture_last_layer_input(self, sink: dict):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            cos, sin = kwargs["position_embeddings"]
-            # Copies of the last position only: holding views would keep the prefill's whole
-            # [1, P, hidden] activations alive for the rest of the sample.
-            sink["input"] = LayerInput(hidden[:, -1:].clone(), cos[:, -1:].clone(), sin[:, -1:].clone())
+    def capture_last_layer_input(self, sink: dict | None = None) -> "LastLayerCapture":
+        return LastLayerCapture(self.last_layer, self.dense_tail(), sink)
 
-        return self.last_layer.register_forward_pre_hook(hook, with_kwargs=True)
+    def dense_tail(self) -> DenseTail | None:
+        if not hasattr(self, "_dense_tail"):
+            self._dense_tail = DenseTail.of(self.last_layer, self.text_model.norm)
+        return self._dense_tail
 
     def query(self, layer_input: LayerInput) -> torch.Tensor:
         layer = self.last_layer
@@ -235,3 +234,30 @@ class QwenVLAdapter(DecoderAdapter):
 
     def lm_head_weight(self) -> torch.Tensor:
         return self.model.lm_head.weight
+
+
+class LastLayerCapture:
+    """The hooks behind `capture_last_layer_input`: a pre-hook on the last decoder layer keeps its
+    input at the last position (`latest`, a `LayerInput`), and, for a dense tail, the tail's hooks
+    fill `latest.tail` as the same forward goes on. `.remove()` uninstalls them all."""
+
+    def __init__(self, layer: torch.nn.Module, tail: DenseTail | None, sink: dict | None = None) -> None:
+        self.latest: LayerInput | None = None
+        self._sink = sink
+        self._tail = TailCapture(tail) if tail is not None else None
+        self._handle = layer.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cos, sin = kwargs["position_embeddings"]
+        # The last position only (a prompt's is copied: holding views would keep the prefill's
+        # whole [1, P, hidden] activations alive for the rest of the sample).
+        tail = self._tail.begin() if self._tail is not None else None
+        self.latest = LayerInput(last_position(hidden), last_position(cos), last_position(sin), tail)
+        if self._sink is not None:
+            self._sink["input"] = self.latest
+
+    def remove(self) -> None:
+        self._handle.remove()
+        if self._tail is not None:
+            self._tail.remove()

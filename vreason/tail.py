@@ -1,0 +1,151 @@
+"""The last decoder layer's tail for one token, forward and hand-written backward.
+
+The tail is what follows the last layer's attention: `o_proj`, the residual add, RMSNorm, the
+SwiGLU MLP (`down(silu(gate(x)) · up(x))`), the second residual add and the final RMSNorm. A
+controller round differentiates it for one token with respect to the attention output. Autograd
+over it records a graph, saves what it saved anyway and runs a generic engine; written out by
+hand the backward is four matrix-vector products (`o_proj`, `gate`, `up`, `down` transposed)
+and a few dozen element-wise operations, with no graph and a fixed sequence of operations.
+
+Why the activations are captured (`TailCapture`). The model's own forward of the current token
+already computed the tail at the current ΔV, so the first step of a round differentiates at the
+activations that forward left (`h1`, `gate`, `up`, `h2`), captured by forward hooks, instead of
+running the tail forward again. Later steps use the activations of the controller's own forward
+at the new ΔV.
+
+Precision (**ours**): the matrix products run in the model's dtype (as autograd's would, the
+gradient rounded to it first); the element-wise parts (RMSNorm, SiLU) in float32. The backward
+is the exact derivative of the tail's real-valued function; it ignores the model dtype's roundings
+inside the forward, as autograd in that dtype effectively does too.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["DenseTail", "TailActivations", "TailCapture", "last_position", "rms_norm_backward"]
+
+
+class TailActivations:
+    """One token's tail activations `[1, 1, *]` in the model's dtype: `h1` (the post-attention
+    norm's input), `gate` and `up` (the MLP projections' outputs), `h2` (the final norm's input)."""
+
+    __slots__ = ("h1", "gate", "up", "h2")
+
+    def __init__(self, h1=None, gate=None, up=None, h2=None) -> None:
+        self.h1, self.gate, self.up, self.h2 = h1, gate, up, h2
+
+    def complete(self) -> bool:
+        return all(getattr(self, name) is not None for name in self.__slots__)
+
+
+def rms_norm_backward(x: torch.Tensor, weight32: torch.Tensor, eps: float, grad: torch.Tensor) -> torch.Tensor:
+    """∂/∂x of `weight · x / rms(x)` (rms over the last dim, `sqrt(mean(x²) + eps)`), float32:
+    `r·ĝ − x·r³·mean(ĝ·x)` with `ĝ = grad·weight`, `r = 1/rms(x)`."""
+    x = x.float()
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    g = grad.float() * weight32
+    coef = r.pow(3) * (g * x).mean(-1, keepdim=True)
+    return torch.addcmul(r * g, x, coef, value=-1.0)
+
+
+def last_position(t: torch.Tensor) -> torch.Tensor:
+    """`t[:, -1:]` of a `[batch, seq, ...]` activation, safe to keep."""
+    # A one-token forward's tensors are new each time and never written in place: keep them. A
+    # prompt's are sliced and copied, so that the prompt's whole activations are not kept alive.
+    return t if t.shape[1] == 1 else t[:, -1:].clone()
+
+
+class DenseTail:
+    """The tail's modules and their weights, with `forward(residual, attn)` and `backward`.
+
+    Build with `DenseTail.of(layer, final_norm)`, which returns None for a tail this file does not
+    describe (a mixture-of-experts MLP, another activation, biases): the controller then
+    differentiates the adapter's `tail` with autograd instead.
+    """
+
+    def __init__(self, layer: torch.nn.Module, final_norm: torch.nn.Module) -> None:
+        self.o_proj = layer.self_attn.o_proj
+        self.post_norm = layer.post_attention_layernorm
+        mlp = layer.mlp
+        self.gate_proj, self.up_proj, self.down_proj, self.act_fn = mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn
+        self.final_norm = final_norm
+        # Small float32 copies of the norm weights (hidden floats each) for the backward.
+        self.post_w32 = self.post_norm.weight.detach().float()
+        self.final_w32 = final_norm.weight.detach().float()
+        self.post_eps = float(self.post_norm.variance_epsilon)
+        self.final_eps = float(final_norm.variance_epsilon)
+
+    @classmethod
+    def of(cls, layer: torch.nn.Module, final_norm: torch.nn.Module) -> "DenseTail | None":
+        mlp = getattr(layer, "mlp", None)
+        linears = [getattr(layer.self_attn, "o_proj", None)] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if not all(isinstance(m, torch.nn.Linear) and m.bias is None for m in linears):
+            return None
+        if not isinstance(getattr(mlp, "act_fn", None), torch.nn.Module) or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+            return None
+        norms = (getattr(layer, "post_attention_layernorm", None), final_norm)
+        if not all(type(n).__name__.endswith("RMSNorm") and hasattr(n, "variance_epsilon") and hasattr(n, "weight")
+                   for n in norms):
+            return None
+        return cls(layer, final_norm)
+
+    def forward(self, residual: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, TailActivations]:
+        """The final-norm hidden state `[1, 1, hidden]` and the activations, by the model's own
+        modules in the model's order (so the same arithmetic as its forward)."""
+        h1 = residual + self.o_proj(attn)
+        normed = self.post_norm(h1)
+        gate, up = self.gate_proj(normed), self.up_proj(normed)
+        h2 = h1 + self.down_proj(self.act_fn(gate) * up)
+        return self.final_norm(h2), TailActivations(h1, gate, up, h2)
+
+    def backward(self, acts: TailActivations, grad_out: torch.Tensor) -> torch.Tensor:
+        """∂L/∂attn `[1, 1, heads·head_dim]` (model dtype) from ∂L/∂(final-norm output)."""
+        dtype = self.down_proj.weight.dtype
+        grad_h2 = rms_norm_backward(acts.h2, self.final_w32, self.final_eps, grad_out.view_as(acts.h2))
+        grad_act = (grad_h2.to(dtype) @ self.down_proj.weight).float()
+        gate, up = acts.gate.float(), acts.up.float()
+        sig = torch.sigmoid(gate)
+        silu = gate * sig
+        grad_up = grad_act * silu
+        # silu'(g) = σ(g) + silu(g)·(1 − σ(g))
+        grad_gate = grad_act * up * torch.addcmul(sig, silu, 1.0 - sig)
+        grad_gate, grad_up = grad_gate.to(dtype).view(1, -1), grad_up.to(dtype).view(1, -1)
+        grad_normed = torch.addmm(grad_gate @ self.gate_proj.weight, grad_up, self.up_proj.weight)
+        grad_h1 = grad_h2 + rms_norm_backward(acts.h1, self.post_w32, self.post_eps, grad_normed.view_as(acts.h1))
+        return grad_h1.to(dtype) @ self.o_proj.weight
+
+
+class TailCapture:
+    """Forward hooks that fill one token's `TailActivations` as the tail's modules run.
+
+    `begin()` (called by the last layer's input hook, before its tail runs) starts the record of
+    the coming forward and returns it; the record is complete once the final norm has run."""
+
+    def __init__(self, tail: DenseTail) -> None:
+        self.latest = TailActivations()
+        self._handles = [
+            tail.post_norm.register_forward_pre_hook(self._h1),
+            tail.gate_proj.register_forward_hook(self._gate),
+            tail.up_proj.register_forward_hook(self._up),
+            tail.final_norm.register_forward_pre_hook(self._h2),
+        ]
+
+    def begin(self) -> TailActivations:
+        self.latest = TailActivations()
+        return self.latest
+
+    def _h1(self, module, args) -> None:
+        self.latest.h1 = last_position(args[0])
+
+    def _gate(self, module, args, output) -> None:
+        self.latest.gate = last_position(output)
+
+    def _up(self, module, args, output) -> None:
+        self.latest.up = last_position(output)
+
+    def _h2(self, module, args) -> None:
+        self.latest.h2 = last_position(args[0])
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
