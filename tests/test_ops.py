@@ -520,6 +520,17 @@ def test_guard_keeps_a_correct_kernel_without_warning(guarded_cpu, recwarn):
     assert ops._guard.resolved[("entropy", z.device, z.dtype)] is guarded_cpu["entropy"]
 
 
+@pytest.mark.parametrize("region", [torch.no_grad, torch.inference_mode])
+def test_guard_checks_a_first_call_without_autograd(guarded_cpu, recwarn, region):
+    # The decode loop's first entropy runs under no_grad: the check's backward must still run.
+    z = logits_of((2, 300), torch.float32)
+    with region():
+        h = ops.entropy(z)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert ops._guard.resolved[("entropy", z.device, z.dtype)] is guarded_cpu["entropy"]
+    torch.testing.assert_close(h, reference.entropy(z), **tol(torch.float32))
+
+
 def test_guard_falls_back_to_eager_on_a_faulty_kernel(guarded_cpu):
     real = guarded_cpu["entropy"]
     guarded_cpu["entropy"] = lambda z: real(z) * 1.01  # a wrong kernel

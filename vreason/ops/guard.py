@@ -108,11 +108,14 @@ class FirstUseGuard:
     def self_test(self, op: str, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
         """(agrees, what differed) for the compiled op against the eager one on a small input."""
         case = _CASES[op]
-        try:
-            got = case(self.compiled[op], device, dtype)
-        except Exception as exc:  # a kernel that cannot run at all is a failed check too
-            return False, f"the kernel raised {type(exc).__name__}: {exc}"
-        want = case(self.eager[op], device, dtype)
+        # The first call may come from a no_grad or inference-mode region (the decode loop):
+        # the check's own backward needs autograd either way.
+        with torch.inference_mode(False), torch.enable_grad():
+            try:
+                got = case(self.compiled[op], device, dtype)
+            except Exception as exc:  # a kernel that cannot run at all is a failed check too
+                return False, f"the kernel raised {type(exc).__name__}: {exc}"
+            want = case(self.eager[op], device, dtype)
         for i, (g, w) in enumerate(zip(got, want)):
             ok, err = _close(g, w, _rtol(dtype))
             if not ok:
