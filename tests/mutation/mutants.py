@@ -1,0 +1,94 @@
+"""The curated mutants of the method's core that the suite must kill (`python tests/mutation/run.py`).
+
+Each mutant is one exact text replacement in one file under vreason/, and the test selection
+that must fail when it is applied (pytest node ids or files, run with `-x -q`). A mutant whose
+`old` text is no longer found fails the check too: after a refactor the list is updated by hand
+(new text, same behaviour broken), never silently dropped. Keep selections small: the whole check
+runs in CI. How to add one: README, "Tests".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    old: str  # exact text, must occur exactly once
+    new: str
+    tests: tuple[str, ...]
+    why: str
+
+
+SWITCHING = "vreason/switching.py"
+CONTROLLER = "vreason/controller.py"
+GENERATION = "vreason/generation.py"
+PRUNING = "vreason/pruning.py"
+SAMPLING = "vreason/sampling.py"
+SCORING = "vreason/scoring.py"
+
+MUTANTS: list[Mutant] = [
+    # ---- switching rule -----------------------------------------------------------------------
+    Mutant("switch-at-peak-explores-less", SWITCHING,
+           "torch.where(self.ema < self.peak, -1.0, 1.0)", "torch.where(self.ema <= self.peak, -1.0, 1.0)",
+           ("tests/test_switching.py",), "at the running peak α must be +1 (explore)"),
+    Mutant("ema-weights-swapped", SWITCHING,
+           "self.ema = self.beta * self.ema + (1.0 - self.beta) * h",
+           "self.ema = (1.0 - self.beta) * self.ema + self.beta * h",
+           ("tests/test_switching.py",), "E_k = β·E_{k−1} + (1−β)·H_k"),
+    Mutant("peak-tracks-raw-entropy", SWITCHING,
+           "torch.maximum(self.peak, self.ema)", "torch.maximum(self.peak, h)",
+           ("tests/test_switching.py",), "the peak is the running max of the EMA, not of H"),
+    # ---- scoring ------------------------------------------------------------------------------
+    Mutant("mra-threshold-inclusive", SCORING,
+           "(rel < (1 - thresholds))", "(rel <= (1 - thresholds))",
+           ("tests/test_scoring.py",), "MRA counts a threshold only when the relative error is strictly below it"),
+    Mutant("mra-drops-the-last-threshold", SCORING,
+           "torch.arange(0.5, 0.95 + 0.025, 0.05, dtype=torch.float32)",
+           "torch.arange(0.5, 0.95, 0.05, dtype=torch.float32)",
+           ("tests/test_scoring.py",), "ten thresholds 0.50 … 0.95"),
+    Mutant("numerical-compares-unrounded", SCORING,
+           "round(p, 2) == round(g, 2)", "p == g",
+           ("tests/test_scoring.py",), "numerical answers agree to two decimals"),
+    # ---- sampling filters ---------------------------------------------------------------------
+    Mutant("temperature-multiplies", SAMPLING,
+           "scores = scores / temperature", "scores = scores * temperature",
+           ("tests/test_sampling.py",), "temperature divides the logits"),
+    Mutant("top-p-drops-the-best-token", SAMPLING,
+           "sorted_remove[..., -1:] = False", "sorted_remove[..., :1] = False",
+           ("tests/test_sampling.py",), "top-p always keeps the most likely token"),
+    Mutant("min-p-not-relative-to-the-top", SAMPLING,
+           "remove = probs < min_p * probs.amax(dim=-1, keepdim=True)", "remove = probs < min_p",
+           ("tests/test_sampling.py",), "min-p scales with the top probability"),
+    Mutant("repetition-penalty-wrong-way", SAMPLING,
+           "torch.where(scores < 0, scores * penalty, scores / penalty)",
+           "torch.where(scores < 0, scores / penalty, scores * penalty)",
+           ("tests/test_sampling.py",), "a penalty lowers a seen token's score whatever its sign"),
+    # ---- Lite ---------------------------------------------------------------------------------
+    Mutant("lite-keeps-the-smallest-norms", PRUNING,
+           "torch.sort(norms, descending=True, stable=True)", "torch.sort(norms, descending=False, stable=True)",
+           ("tests/test_pruning.py",), "Lite drops the lowest value-norm video tokens"),
+    Mutant("lite-rounds-up", PRUNING,
+           "return int(n_video * ratio)", "return -int(-n_video * ratio // 1)",
+           ("tests/test_pruning.py",), "floor(r · n_video) tokens are dropped"),
+    Mutant("lite-video-index-not-renumbered", PRUNING,
+           "kept_video_index.append(new_index[video_positions[keep_video]])",
+           "kept_video_index.append(video_positions[keep_video])",
+           ("tests/test_pruning.py",), "kept video tokens' cache indices shift down after pruning"),
+    # ---- resume keys --------------------------------------------------------------------------
+    Mutant("resume-key-without-controller", "vreason/module.py",
+           '"controller": plain(self.controller), ', "",
+           ("tests/test_cli.py::test_a_run_that_failed_before_any_sample_does_not_lock_its_folder",),
+           "a resume with another controller setting is refused"),
+    Mutant("resume-key-without-file-hash", "vreason/data/datamodule.py",
+           '"files": [{"path": f, "sha256": _sha256(f)} for f in self.files]',
+           '"files": [{"path": f} for f in self.files]',
+           ("tests/test_cli.py::test_resume_refuses_other_inputs",),
+           "a benchmark file edited in place is another benchmark"),
+    Mutant("resume-keeps-error-records", "vreason/callbacks.py",
+           'self._kept = [r for r in existing if not (self.retry_errors and r.get("error"))]',
+           "self._kept = existing",
+           ("tests/test_cli.py::test_broken_samples_complete_with_exit_0_and_are_counted",),
+           "error samples run again on resume"),
+]
