@@ -44,6 +44,8 @@ class VReasonModule(LightningModule):
     controller: the test-time controller (`--model.controller.mode switch|minimize|maximize|off`, ...).
     decode: decoding (`--model.decode.max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`, `min_p`, `seed`).
     dtype: weights' dtype: auto (the checkpoint's), bfloat16, float16 or float32.
+    device_map: `auto` spreads the model's layers over the visible GPUs (one process per node);
+        None keeps it whole on the process's device. max_memory: with it, a cap per GPU ("70GiB").
     plot_samples: per benchmark, how many of the first samples (on rank 0) get a TensorBoard
         figure of their entropy, EMA and α traces.
     """
@@ -55,6 +57,8 @@ class VReasonModule(LightningModule):
         decode: DecodeConfig = DecodeConfig(),
         dtype: str = "auto",
         plot_samples: int = 4,
+        device_map: Optional[str] = None,
+        max_memory: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -63,6 +67,7 @@ class VReasonModule(LightningModule):
         self.decode = decode
         self.dtype_name = dtype
         self.plot_samples = plot_samples
+        self.device_map, self.max_memory = device_map, max_memory
         self.metrics = EvalMetrics(max_tokens=decode.max_new_tokens)
         self._hf_model = None
         self._processor = None
@@ -85,7 +90,10 @@ class VReasonModule(LightningModule):
         from vreason import VReasonGenerator, load_model
 
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
-        model, processor = load_model(self.model_path, dtype=self.dtype_name, device=device)
+        if self.device_map is not None and self._trainer is not None and self.trainer.num_devices > 1:
+            raise ValueError("model.device_map spreads one model over a node's GPUs: run one process per node")
+        model, processor = load_model(self.model_path, dtype=self.dtype_name, device=device,
+                                      device_map=self.device_map, max_memory=self.max_memory)
         # object.__setattr__ keeps the model out of nn.Module's registry (see the module docstring).
         object.__setattr__(self, "_hf_model", model)
         self._processor = processor

@@ -64,29 +64,51 @@ def _resolve_dtype(dtype: str | torch.dtype, cfg: dict):
     return table[dtype]
 
 
-def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device | None = None):
+def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device | None = None,
+               device_map: str | dict | None = None, max_memory: str | dict | None = None,
+               offload_folder: str | Path | None = None):
     """Load `(model, processor)` from a local folder of a supported family.
 
     dtype: "auto" (the checkpoint's own dtype), "float32", "bfloat16", "float16" or a torch dtype.
     device: where the model goes; None means CUDA when available, else CPU. The model is in eval
     mode with every parameter frozen: V-Reason never computes a weight gradient.
+    device_map: None (the whole model on `device`), "auto" (layers spread over the visible GPUs,
+    `sharding.py`) or an explicit accelerate map {module name: device}; `device` is then unused.
+    max_memory: with device_map "auto", a cap per GPU ("70GiB") or accelerate's {device: cap}.
+    offload_folder: where weights a map sends to "disk" are kept.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     path = Path(path).expanduser()
     cfg = _check_folder(path)
     torch_dtype = _resolve_dtype(dtype, cfg)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_map is not None and not (device_map == "auto" or isinstance(device_map, dict)):
+        raise ModelLoadError(f"device_map must be 'auto' or a {{module: device}} mapping, got {device_map!r}")
+    if max_memory is not None and device_map is None:
+        raise ModelLoadError("max_memory needs device_map (e.g. device_map='auto')")
+    placement = {}
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        if device_map is not None:
+            from vreason.models import sharding
+
+            if device_map == "auto":
+                config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+                plan_dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else config.get_text_config().dtype
+                device_map = sharding.plan_device_map(config, plan_dtype or torch.float32, max_memory)
+            placement = dict(device_map=device_map, offload_folder=None if offload_folder is None else str(offload_folder))
         model = AutoModelForImageTextToText.from_pretrained(
             path,
             dtype=torch_dtype,
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=True,
+            **placement,
         )
+        if device_map is not None:
+            sharding.check_not_offloaded(model)
     except ModelLoadError:
         raise
     except Exception as exc:  # transformers raises many types; the user needs one line
@@ -94,5 +116,6 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
         raise ModelLoadError(f"cannot load model folder {path}: {first}") from exc
     model.requires_grad_(False)
     model.eval()
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     return model, processor

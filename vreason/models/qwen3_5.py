@@ -42,6 +42,11 @@ class Qwen3_5Adapter(QwenVLAdapter):
         super().__init__(model)
         self.q_norm = self.last_layer.self_attn.q_norm
 
+    @property
+    def device(self) -> torch.device:
+        """The token embedding's device: where inputs go, also under a device_map."""
+        return self.model.get_input_embeddings().weight.device
+
     def cache_kv(self, cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.layer_types[layer] != _FULL:
             raise ValueError(f"Qwen3.5 layer {layer} is linear attention (a recurrent state, no per-token cache): "

@@ -1,0 +1,115 @@
+"""Layer sharding (`device_map`) on what a CPU machine can split over: layers offloaded to disk
+under a memory cap, or an explicit per-layer map. Tokens and traces must equal the unsplit model's;
+the modules the controller calls directly must stay on a device."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vreason
+from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
+from vreason.cli import main
+from vreason.data.synthetic import write_synthetic_benchmark
+from vreason.models import ModelLoadError
+from vreason.models.sharding import controller_modules, plan_device_map
+from vreason.models.tiny import build_tiny_model
+from vreason.models.tiny_families import TINY_BUILDERS
+from test_families import family_inputs
+
+BUILDERS = {"qwen2_5_vl": lambda path, seed: build_tiny_model(path, seed=seed, num_hidden_layers=3), **TINY_BUILDERS}
+CONFIGS = [ControllerConfig(mode="switch", every_k=1, lr=0.05), ControllerConfig(mode="switch", every_k=2, lr=0.05, prune_ratio=0.5)]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return {name: BUILDERS[name](tmp_path_factory.mktemp(name), seed=4)
+            for name in ("qwen2_5_vl", "llava_onevision", "qwen3_vl", "internvl", "qwen3_5")}
+
+
+def same_runs(whole, split, processor, configs):
+    inputs = family_inputs(processor, seed=5)
+    for cfg in configs:
+        a = VReasonGenerator(whole, cfg, DecodeConfig(max_new_tokens=8)).generate(**inputs)
+        b = VReasonGenerator(split, cfg, DecodeConfig(max_new_tokens=8)).generate(**inputs)
+        assert a.updated.any()
+        assert torch.equal(a.sequences, b.sequences)
+        for trace in ("entropy", "entropy_after", "ema", "alpha", "updated"):
+            assert torch.equal(getattr(a, trace), getattr(b, trace)), trace
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl", "internvl", "qwen3_5"])
+def test_auto_under_a_cap_offloads_layers_and_changes_nothing(folders, family, tmp_path):
+    whole, processor = vreason.load_model(folders[family], dtype="float32", device="cpu")
+    split, _ = vreason.load_model(folders[family], dtype="float32", device_map="auto", max_memory={"cpu": "300KB"},
+                                  offload_folder=tmp_path)
+    placed = split.hf_device_map
+    assert "disk" in placed.values()  # the cap sent part of the model to disk
+    num_layers = len(split.model.language_model.layers)
+    assert all(placed[name] == "cpu" for name in controller_modules(num_layers))
+    same_runs(whole, split, processor, CONFIGS[:1] if family == "qwen3_5" else CONFIGS)
+
+
+def test_explicit_per_layer_map_changes_nothing(folders, tmp_path):
+    # Qwen2.5-VL with its first decoder layer and the vision tower's blocks on disk.
+    whole, processor = vreason.load_model(folders["qwen2_5_vl"], dtype="float32", device="cpu")
+    text = "model.language_model"
+    device_map = {"model.visual.patch_embed": "cpu", "model.visual.rotary_pos_emb": "cpu", "model.visual.blocks": "disk",
+                  "model.visual.merger": "cpu", f"{text}.embed_tokens": "cpu", f"{text}.rotary_emb": "cpu",
+                  f"{text}.layers.0": "disk", f"{text}.layers.1": "cpu", f"{text}.layers.2": "cpu",
+                  f"{text}.norm": "cpu", "lm_head": "cpu"}
+    split, _ = vreason.load_model(folders["qwen2_5_vl"], dtype="float32", device_map=device_map, offload_folder=tmp_path)
+    assert split.model.language_model.layers[0].self_attn.q_proj.weight.device.type == "meta"  # really offloaded
+    same_runs(whole, split, processor, CONFIGS)
+
+
+def test_plan_keeps_the_cap_and_the_controller_modules_together(folders):
+    from accelerate import init_empty_weights
+    from accelerate.utils import compute_module_sizes
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(folders["qwen3_vl"], local_files_only=True)
+    cap = 600_000
+    device_map = plan_device_map(config, torch.float32, {"cpu": cap})
+    with init_empty_weights():
+        skeleton = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    sizes = compute_module_sizes(skeleton, dtype=torch.float32)
+    on_cpu = sum(sizes[name] for name, device in device_map.items() if device == "cpu")
+    assert 0 < on_cpu <= cap
+    assert set(device_map.values()) == {"cpu", "disk"}
+    # Every parameter is placed exactly once.
+    covered = [p for p, _ in skeleton.named_parameters() if any(p == k or p.startswith(k + ".") for k in device_map)]
+    assert len(covered) == len(list(skeleton.named_parameters()))
+
+
+@pytest.mark.parametrize("module", ["model.language_model.layers.2", "lm_head"])
+def test_offloading_what_the_controller_calls_is_refused(folders, tmp_path, module):
+    text = "model.language_model"
+    device_map = {"model.visual": "cpu", f"{text}.embed_tokens": "cpu", f"{text}.rotary_emb": "cpu",
+                  f"{text}.layers.0": "cpu", f"{text}.layers.1": "cpu", f"{text}.layers.2": "cpu",
+                  f"{text}.norm": "cpu", "lm_head": "cpu", module: "disk"}
+    with pytest.raises(ModelLoadError, match="is offloaded by the device_map"):
+        vreason.load_model(folders["qwen3_vl"], dtype="float32", device_map=device_map, offload_folder=tmp_path)
+
+
+def test_bad_device_map_values_fail_with_one_line(folders):
+    with pytest.raises(ModelLoadError, match="device_map must be 'auto'"):
+        vreason.load_model(folders["qwen3_vl"], device_map="everywhere")
+    with pytest.raises(ModelLoadError, match="max_memory needs device_map"):
+        vreason.load_model(folders["qwen3_vl"], max_memory="1GiB")
+
+
+def test_predict_with_device_map_auto_gives_the_same_records(folders, tmp_path):
+    bench = write_synthetic_benchmark(tmp_path / "data", n=2, seed=3, num_frames=8)
+    outputs = []
+    for name, extra in (("whole", []), ("auto", ["--model.device_map", "auto"])):
+        root = tmp_path / name
+        args = ["predict", "--model.model_path", str(folders["qwen2_5_vl"]), "--data.files", f"[{bench}]",
+                "--data.num_frames", "4", "--data.max_pixels", str(112 * 112), "--model.decode.max_new_tokens", "6",
+                "--model.controller.mode", "switch", "--trainer.accelerator", "cpu",
+                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root), *extra]
+        assert main(args) == 0
+        lines = (root / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()
+        outputs.append([{k: r[k] for k in ("key", "output", "entropy", "alpha", "error")} for r in map(json.loads, lines)])
+    assert outputs[0] == outputs[1] and all(r["error"] is None for r in outputs[0])
