@@ -108,7 +108,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
             **placement,
         )
         if device_map is not None:
-            sharding.check_not_offloaded(model)
+            sharding.check_placement(model)
     except ModelLoadError:
         raise
     except Exception as exc:  # transformers raises many types; the user needs one line

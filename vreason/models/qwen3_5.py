@@ -27,6 +27,7 @@ import torch
 
 from vreason.models.adapter import LayerInput
 from vreason.models.qwen2_5_vl import QwenVLAdapter
+from vreason.models.sharding import check_placement
 from vreason.models.text_decoder import rotate_half
 
 __all__ = ["Qwen3_5Adapter"]
@@ -40,6 +41,7 @@ class Qwen3_5Adapter(QwenVLAdapter):
         if self.layer_types[-1] != _FULL:
             raise ValueError(f"the last decoder layer is {self.layer_types[-1]!r}: V-Reason needs full attention there")
         super().__init__(model)
+        check_placement(model)
         self.q_norm = self.last_layer.self_attn.q_norm
 
     @property
@@ -53,14 +55,21 @@ class Qwen3_5Adapter(QwenVLAdapter):
                              "Lite (prune_ratio > 0) is not supported for Qwen3.5")
         return super().cache_kv(cache, layer)
 
-    def _query_and_gate(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_tail(self) -> None:
+        """None: the output gate sits between the attention and `o_proj`, which the hand-written
+        dense tail does not have, so the controller differentiates `tail` by autograd."""
+        return None
+
+    def _query_and_gate(self, layer_input: LayerInput) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.last_layer
-        both = layer.self_attn.q_proj(layer.input_layernorm(hidden)).view(1, 1, self.num_heads, 2 * self.head_dim)
-        query, gate = torch.chunk(both, 2, dim=-1)
+        both = layer_input.q  # the q_proj output the capture hook kept: queries and gates
+        if both is None:  # not captured: the projection again
+            both = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
+        query, gate = torch.chunk(both.view(1, 1, self.num_heads, 2 * self.head_dim), 2, dim=-1)
         return query, gate.reshape(1, 1, -1)
 
     def query(self, layer_input: LayerInput) -> torch.Tensor:
-        q, _ = self._query_and_gate(layer_input.hidden)
+        q, _ = self._query_and_gate(layer_input)
         q = self.q_norm(q).transpose(1, 2)  # [1, heads, 1, head_dim]
         cos, sin = layer_input.cos.unsqueeze(1), layer_input.sin.unsqueeze(1)
         rot = cos.shape[-1]
@@ -71,7 +80,7 @@ class Qwen3_5Adapter(QwenVLAdapter):
 
     def tail(self, layer_input: LayerInput, attn: torch.Tensor) -> torch.Tensor:
         layer = self.last_layer
-        _, gate = self._query_and_gate(layer_input.hidden)
+        _, gate = self._query_and_gate(layer_input)
         hidden = layer_input.hidden + layer.self_attn.o_proj(attn * torch.sigmoid(gate))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return self.text_model.norm(hidden)

@@ -27,6 +27,7 @@ import torch
 
 from vreason.models.adapter import LayerInput
 from vreason.models.qwen2_5_vl import QwenVLAdapter
+from vreason.models.sharding import check_placement
 from vreason.models.text_decoder import rotate_half
 
 __all__ = ["Qwen3VLAdapter"]
@@ -35,6 +36,7 @@ __all__ = ["Qwen3VLAdapter"]
 class Qwen3VLAdapter(QwenVLAdapter):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
+        check_placement(model)
         self.q_norm = self.last_layer.self_attn.q_norm
 
     @property
@@ -51,8 +53,10 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
     def query(self, layer_input: LayerInput) -> torch.Tensor:
         layer = self.last_layer
-        q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden)).view(1, 1, self.num_heads, self.head_dim)
-        q = self.q_norm(q).transpose(1, 2)  # [1, heads, 1, head_dim]
+        q = layer_input.q
+        if q is None:  # not captured: the projection again
+            q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
+        q = self.q_norm(q.view(1, 1, self.num_heads, self.head_dim)).transpose(1, 2)  # [1, heads, 1, head_dim]
         cos, sin = layer_input.cos.unsqueeze(1), layer_input.sin.unsqueeze(1)
         q = q * cos + rotate_half(q) * sin
         groups = self.num_heads // self.num_kv_heads

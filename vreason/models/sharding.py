@@ -13,13 +13,13 @@ before accelerate places the rest, so the cap still holds.
 An explicit `device_map` (a dict of module name → device, accelerate's format) is used as given.
 Either way the controller calls the last layer, the final norm and the lm_head itself, outside
 accelerate's weight-loading hooks, so those must not be offloaded (`disk`, or `cpu` while GPUs
-run the model): `check_not_offloaded` says so in one line after loading.
+run the model) and must share a device: `check_placement` says so in one line after loading.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["plan_device_map", "check_not_offloaded", "controller_modules"]
+__all__ = ["plan_device_map", "check_placement", "controller_modules"]
 
 _TEXT = "model.language_model"
 
@@ -89,12 +89,18 @@ def plan_device_map(config, dtype: torch.dtype, max_memory=None) -> dict:
     return device_map
 
 
-def check_not_offloaded(model: torch.nn.Module) -> None:
-    """ValueError (one line) when a module the controller calls directly has offloaded weights."""
+def check_placement(model: torch.nn.Module) -> None:
+    """ValueError (one line) unless the modules the controller calls directly (the last decoder
+    layer, the final norm, the lm_head) hold real weights, all on one device."""
     text = model.get_submodule(_TEXT)
-    for name, module in ((f"the last decoder layer ({_TEXT}.layers.{len(text.layers) - 1})", text.layers[-1]),
-                         (f"the final norm ({_TEXT}.norm)", text.norm), ("lm_head", model.lm_head)):
+    parts = ((f"the last decoder layer ({_TEXT}.layers.{len(text.layers) - 1})", text.layers[-1]),
+             (f"the final norm ({_TEXT}.norm)", text.norm), ("lm_head", model.lm_head))
+    devices = set()
+    for name, module in parts:
         if any(p.device.type == "meta" for p in module.parameters()):
             raise ValueError(f"{name} is offloaded by the device_map: the controller calls it directly, so keep it "
                              "on a device (device_map auto does)")
-
+        devices |= {p.device for p in module.parameters()}
+    if len(devices) > 1:
+        raise ValueError(f"the last decoder layer, the final norm and lm_head are spread over {sorted(map(str, devices))}: "
+                         "the controller needs them on one device (device_map auto does)")

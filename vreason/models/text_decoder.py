@@ -13,9 +13,8 @@ positions stay those of the unpruned sequence; the attention mask is not passed 
 padding). A subclass says which inputs its processor gives and which prompt tokens are visual.
 
 Sharding (`device_map`): the prompt goes to the embedding's device; the last layer's input is
-brought to the last layer's device when captured and the tail's output to the lm_head's device,
-so the controller works wherever those modules live. Modules the controller calls directly (the
-last layer, the final norm, the lm_head) must hold real weights, not offloaded ones.
+brought to the last layer's device when captured. The modules the controller calls directly (the
+last layer, the final norm, the lm_head) must hold real weights on one device (`sharding.py`).
 """
 from __future__ import annotations
 
@@ -24,6 +23,8 @@ import inspect
 import torch
 
 from vreason.models.adapter import DecoderAdapter, LayerInput, Prefill
+from vreason.models.sharding import check_placement
+from vreason.tail import DenseTail, TailCapture, last_position
 
 __all__ = ["TextDecoderAdapter", "LastLayerInputHook", "rotate_half", "eos_token_ids"]
 
@@ -43,38 +44,41 @@ def eos_token_ids(model: torch.nn.Module) -> tuple[int, ...]:
     return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
 
 
-def check_not_offloaded(name: str, module: torch.nn.Module) -> None:
-    """The controller calls these modules itself, outside accelerate's weight-loading hooks."""
-    if any(p.device.type == "meta" for p in module.parameters()):
-        raise ValueError(f"{name} is offloaded (weights on 'meta'): keep the last decoder layer, the final norm "
-                         "and lm_head on a device in device_map")
-
-
 class LastLayerInputHook:
-    """A forward pre-hook on the last decoder layer keeping the last position's `LayerInput`.
+    """The hooks behind `capture_last_layer_input`: a pre-hook on the last decoder layer keeps the
+    last position's `LayerInput` (`.latest`, None before the first forward); as the same forward
+    goes on, a hook on `q_proj` fills `latest.q` and, for a dense tail, the tail's hooks fill
+    `latest.tail`. `sink`, when given, also receives it as `sink["input"]`; `.remove()`
+    uninstalls them all."""
 
-    `.latest` is the input of the most recent forward (None before the first); `sink`, when
-    given, also receives it as `sink["input"]`; `.remove()` uninstalls the hook."""
-
-    def __init__(self, layer: torch.nn.Module, sink: dict | None = None) -> None:
+    def __init__(self, layer: torch.nn.Module, tail: DenseTail | None = None, sink: dict | None = None) -> None:
         self.latest: LayerInput | None = None
         self._sink = sink
         self._device = next(layer.parameters()).device
-        self._handle = layer.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._tail = TailCapture(tail) if tail is not None else None
+        self._handles = [layer.register_forward_pre_hook(self._hook, with_kwargs=True),
+                         layer.self_attn.q_proj.register_forward_hook(self._query)]
+
+    def _query(self, module, args, output) -> None:
+        self.latest.q = last_position(output)
 
     def _hook(self, module, args, kwargs) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
         cos, sin = kwargs["position_embeddings"]
-        # Copies of the last position only: views would keep the prefill's [1, P, hidden] alive.
-        # Under a device_map the pre-hook runs before accelerate moves the inputs: move them here.
-        device = self._device
-        self.latest = LayerInput(hidden[:, -1:].to(device, copy=True), cos[:, -1:].to(device, copy=True),
-                                 sin[:, -1:].to(device, copy=True))
+        # The last position only (a prompt's copied: views would keep its [1, P, hidden] alive).
+        # Under a device_map this pre-hook runs before accelerate moves the inputs: move them here
+        # (a no-op where they already are, as device_map auto arranges).
+        hidden, cos, sin = (last_position(t).to(self._device) for t in (hidden, cos, sin))
+        tail = self._tail.begin() if self._tail is not None else None
+        self.latest = LayerInput(hidden, cos, sin, tail)
         if self._sink is not None:
             self._sink["input"] = self.latest
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
+        if self._tail is not None:
+            self._tail.remove()
 
 
 class TextDecoderAdapter(DecoderAdapter):
@@ -97,10 +101,7 @@ class TextDecoderAdapter(DecoderAdapter):
         if getattr(model.lm_head, "bias", None) is not None:
             raise ValueError("lm_head with a bias is not supported")
         self.eos_token_ids = eos_token_ids(model)
-        for name, module in (("the last decoder layer", self.last_layer), ("the final norm", self.text_model.norm),
-                             ("lm_head", model.lm_head)):
-            check_not_offloaded(name, module)
-        self.lm_device = model.lm_head.weight.device
+        check_placement(model)
         # transformers 5.24 renamed the cache keyword and output field `past_key_values` to `cache`.
         self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -152,11 +153,20 @@ class TextDecoderAdapter(DecoderAdapter):
     # ---- the last layer, piece by piece ----------------------------------------------------------
 
     def capture_last_layer_input(self, sink: dict | None = None) -> LastLayerInputHook:
-        return LastLayerInputHook(self.last_layer, sink)
+        return LastLayerInputHook(self.last_layer, self.dense_tail(), sink)
+
+    def dense_tail(self) -> DenseTail | None:
+        """The hand-written SwiGLU tail where the last layer has one (Qwen2/Qwen3 MLPs do)."""
+        if not hasattr(self, "_dense_tail"):
+            self._dense_tail = DenseTail.of(self.last_layer, self.text_model.norm)
+        return self._dense_tail
 
     def query(self, layer_input: LayerInput) -> torch.Tensor:
         layer = self.last_layer
-        q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden)).view(1, 1, self.num_heads, self.head_dim)
+        q = layer_input.q
+        if q is None:  # not captured: the projection again
+            q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
+        q = q.view(1, 1, self.num_heads, self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
         q = q.transpose(1, 2)  # [1, heads, 1, head_dim]
@@ -169,7 +179,7 @@ class TextDecoderAdapter(DecoderAdapter):
         layer = self.last_layer
         hidden = layer_input.hidden + layer.self_attn.o_proj(attn)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.text_model.norm(hidden).to(self.lm_device)
+        return self.text_model.norm(hidden)
 
     def lm_head_weight(self) -> torch.Tensor:
         return self.model.lm_head.weight
