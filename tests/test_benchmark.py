@@ -171,3 +171,20 @@ def test_missing_file_and_empty_list(tmp_path):
                                         ("TempCompass.json", "TempCompass"), ("eval_.json", "eval_")])
 def test_benchmark_name(file, name):
     assert benchmark_name(file) == name
+
+
+def test_symlinked_dataset_folder_is_followed_and_escapes_stay_refused(root, tmp_path_factory):
+    # People link their dataset folders into the media root: the link is followed wherever it
+    # points. `..` (even one that lands back inside) and absolute paths stay refused.
+    store = tmp_path_factory.mktemp("store")
+    (store / "Linked").mkdir()
+    (store / "Linked" / "vidéo 日本.mp4").write_bytes((root / "Clips" / "a.mp4").read_bytes())
+    (root / "Linked").symlink_to(store / "Linked", target_is_directory=True)
+    (root / "Clips" / "folder.mp4").mkdir()
+    entries = [good("./Linked/vidéo 日本.mp4"), good("Linked/../Linked/vidéo 日本.mp4"), good("../x/Clips/a.mp4"),
+               good(str(root / "Clips" / "a.mp4")), good("./Clips/folder.mp4")]
+    samples = load_benchmark(write_json(root / "eval_Links.json", entries))
+    assert samples[0].error is None and samples[0].media_path == str(root / "Linked" / "vidéo 日本.mp4")
+    assert samples[1].error is None  # normalized inside the root
+    assert "escapes the media root" in samples[2].error and "escapes the media root" in samples[3].error
+    assert samples[4].error == f"media path is a folder, not a file: {root / 'Clips' / 'folder.mp4'}"

@@ -106,11 +106,14 @@ def _read_jsonl(file: Path, text: str) -> list[tuple[dict[str, Any], str | None]
 
 
 def _media_path(raw: str, root: str) -> tuple[str, str | None]:
-    """Absolute media path and an error if it leaves `root` or does not exist. The check is on the
-    normalized path, not on the resolved one, so datasets whose videos are symlinks still work."""
+    """Absolute media path and an error if it leaves `root` or is not a file. The check is on the
+    normalized path, not on the resolved one: symlinks inside the root are followed wherever they
+    point, so datasets whose folders or videos are linked in still work."""
     path = os.path.normpath(os.path.join(root, raw))
     if os.path.isabs(raw) or os.path.commonpath([root, path]) != root:
         return path, f"media path {raw!r} escapes the media root {root}"
+    if os.path.isdir(path):
+        return path, f"media path is a folder, not a file: {path}"
     if not os.path.isfile(path):
         return path, f"media not found: {path}"
     return path, None
