@@ -25,7 +25,7 @@ CONFIGS = [ControllerConfig(mode="switch", every_k=1, lr=0.05), ControllerConfig
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     return {name: BUILDERS[name](tmp_path_factory.mktemp(name), seed=4)
-            for name in ("qwen2_5_vl", "llava_onevision", "qwen3_vl", "internvl", "qwen3_5")}
+            for name in ("qwen2_5_vl", "llava_onevision", "qwen3_vl", "qwen3_5")}
 
 
 def same_runs(whole, split, processor, configs):
@@ -39,7 +39,9 @@ def same_runs(whole, split, processor, configs):
             assert torch.equal(getattr(a, trace), getattr(b, trace)), trace
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl", "internvl", "qwen3_5"])
+# LLaVA-OneVision: a split model whose own parameter (image_newline) must stay loaded; Qwen3.5: the
+# hybrid cache over devices.
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_5"])
 def test_auto_under_a_cap_offloads_layers_and_changes_nothing(folders, family, tmp_path):
     whole, processor = vreason.load_model(folders[family], dtype="float32", device="cpu")
     split, _ = vreason.load_model(folders[family], dtype="float32", device_map="auto", max_memory={"cpu": "300KB"},

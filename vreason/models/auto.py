@@ -21,6 +21,7 @@ ADAPTER_MAPPING: dict[str, tuple[str, str]] = {
     "qwen3_vl_moe": ("qwen3_vl", "Qwen3VLAdapter"),
     "internvl": ("internvl", "InternVLAdapter"),
     "qwen3_5": ("qwen3_5", "Qwen3_5Adapter"),
+    "qwen3_5_moe": ("qwen3_5", "Qwen3_5Adapter"),
 }
 
 

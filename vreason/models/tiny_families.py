@@ -236,11 +236,12 @@ def build_tiny_internvl(path: str | Path, seed: int = 0, bpe_vocab_size: int = 4
 
 
 def build_tiny_qwen3_5(path: str | Path, seed: int = 0, bpe_vocab_size: int = 400, dtype: torch.dtype = torch.float32,
-                       video_max_pixels: int = FRAME_SIDE * FRAME_SIDE, video_min_pixels: int = 56 * 56,
-                       **overrides: Any) -> Path:
-    """A Qwen3.5 folder: a hybrid decoder of 4 layers (linear, linear, full, full: the last is
-    full attention, as in the real models, and so is one before it), gated full attention with
-    q/k norms and partial rotary (a quarter of head_dim), interleaved M-RoPE, patch-14 vision."""
+                       moe: bool = False, video_max_pixels: int = FRAME_SIDE * FRAME_SIDE,
+                       video_min_pixels: int = 56 * 56, **overrides: Any) -> Path:
+    """A Qwen3.5 folder (`moe=True`: Qwen3.5-MoE, 4 routed experts, 2 per token, plus the gated
+    shared expert): a hybrid decoder of 4 layers (linear, linear, full, full: the last is full
+    attention, as in the real models, and so is one before it), gated full attention with q/k
+    norms and partial rotary (a quarter of head_dim), interleaved M-RoPE, patch-14 vision."""
     import transformers
 
     tok = _tokenizer(bpe_vocab_size)
@@ -254,10 +255,13 @@ def build_tiny_qwen3_5(path: str | Path, seed: int = 0, bpe_vocab_size: int = 40
                                "mrope_interleaved": True}
     text.update(linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
                 linear_num_value_heads=4)
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2, out_hidden_size=text["hidden_size"], num_position_embeddings=64)
     vision.update(_vision_overrides(overrides))
-    config = transformers.Qwen3_5Config(
+    prefix = "Qwen3_5Moe" if moe else "Qwen3_5"
+    config = getattr(transformers, f"{prefix}Config")(
         text_config=text, vision_config=vision, image_token_id=conv("<|image_pad|>"), video_token_id=conv("<|video_pad|>"),
         vision_start_token_id=conv("<|vision_start|>"), vision_end_token_id=conv("<|vision_end|>"), tie_word_embeddings=False,
     )
@@ -269,10 +273,11 @@ def build_tiny_qwen3_5(path: str | Path, seed: int = 0, bpe_vocab_size: int = 40
         tokenizer=tok,
         chat_template=template,
     )
-    return _save(Path(path), transformers.Qwen3_5ForConditionalGeneration, config, processor, tok, seed, dtype)
+    model_cls = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    return _save(Path(path), model_cls, config, processor, tok, seed, dtype)
 
 
 TINY_BUILDERS = {"llava_onevision": build_tiny_llava_onevision, "qwen3_vl": build_tiny_qwen3_vl,
                  "qwen3_vl_moe": functools.partial(build_tiny_qwen3_vl, moe=True), "internvl": build_tiny_internvl,
                  "internvl_qwen3": functools.partial(build_tiny_internvl, text_model_type="qwen3"),
-                 "qwen3_5": build_tiny_qwen3_5}
+                 "qwen3_5": build_tiny_qwen3_5, "qwen3_5_moe": functools.partial(build_tiny_qwen3_5, moe=True)}
