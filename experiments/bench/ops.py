@@ -19,6 +19,7 @@ import torch
 from vreason import ops
 
 VOCAB = 152_064
+SIMD_NAMES = {0: "scalar", 1: "AVX2", 2: "AVX-512F (float32; AVX2 for bf16)"}
 
 
 def cpu_model() -> str:
@@ -119,7 +120,7 @@ def main() -> None:
     machine = cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"machine: {machine} | torch threads: {torch.get_num_threads()} | torch {torch.__version__}"
           f" | vreason._C: CUDA kernels {'built' if ops.built_with_cuda() else 'not built'},"
-          f" CPU AVX2 path {'on' if ops._C.simd_enabled() else 'off'} | device: {device}")
+          f" CPU path {SIMD_NAMES[ops._C.simd_level()]} | device: {device}")
     rows = entropy_cases(device, args.repeats) + value_update_cases(device, args.repeats)
     width = max(len(r[0]) for r in rows)
     print(f"\n| {'case':<{width}} | fused ms | eager ms | eager/fused |")
