@@ -49,20 +49,22 @@ class GuardedAdam:
         self.exp_avg_sq = torch.zeros_like(like)
         self.steps = torch.zeros((), dtype=torch.float32, device=like.device)
         self.skipped = torch.zeros((), dtype=torch.int64, device=like.device)
+        self._betas = torch.tensor([self.beta1, self.beta2], dtype=torch.float32, device=like.device)
 
     def step(self, param: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-        b1, b2 = self.beta1, self.beta2
-        grad = torch.where(ok, grad, torch.zeros_like(grad))
+        # torch.optim.Adam's arithmetic (lerp for the first moment, addcmul for the second; both
+        # bias corrections from one pow); a non-finite gradient only reaches values the final
+        # selects discard.
         t = self.steps + 1
-        exp_avg = self.exp_avg * b1 + grad * (1 - b1)
-        exp_avg_sq = self.exp_avg_sq * b2 + grad * grad * (1 - b2)
-        step_size = self.lr / (1 - b1**t)
-        denom = exp_avg_sq.sqrt() / torch.sqrt(1 - b2**t) + self.eps
-        new_param = param - step_size * exp_avg / denom
+        exp_avg = torch.lerp(self.exp_avg, grad, 1 - self.beta1)
+        exp_avg_sq = torch.addcmul(self.exp_avg_sq * self.beta2, grad, grad, value=1 - self.beta2)
+        correction = 1 - torch.pow(self._betas, t)  # [1 − β1^t, 1 − β2^t]
+        denom = exp_avg_sq.sqrt() / correction[1].sqrt() + self.eps
+        new_param = param - exp_avg / denom * (self.lr / correction[0])
         self.exp_avg = torch.where(ok, exp_avg, self.exp_avg)
         self.exp_avg_sq = torch.where(ok, exp_avg_sq, self.exp_avg_sq)
         self.steps = torch.where(ok, t, self.steps)
-        self.skipped = self.skipped + (~ok).to(torch.int64)
+        self.skipped = torch.where(ok, self.skipped, self.skipped + 1)
         return torch.where(ok, new_param, param)
 
 
@@ -148,12 +150,12 @@ class ValueController:
         return torch.nn.functional.linear(hidden.reshape(1, -1), self.lm_weight)
 
     def loss_grad_logits(self, logits: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`L = α (log|V| − H(z))` and `∂L/∂z` (float32) at logits z `[1, vocab]`."""
+        """`L = α (log|V| − H(z))` `[1]` and `∂L/∂z = −α ∂H/∂z` (float32) at logits z `[1, vocab]`."""
         with torch.enable_grad():
-            z = logits.detach().float().requires_grad_(True)
-            loss = (alpha * (self.log_vocab - ops.entropy(z))).sum()
-            (grad_z,) = torch.autograd.grad(loss, z)
-        return loss.detach(), grad_z
+            z = logits.float().requires_grad_(True)
+            entropy = ops.entropy(z)
+            (grad_z,) = torch.autograd.grad(entropy, z, grad_outputs=torch.neg(alpha).expand_as(entropy))
+        return alpha * (self.log_vocab - entropy.detach()), grad_z
 
     def gradient(self, layer_input: LayerInput, cache, logits: torch.Tensor, alpha: torch.Tensor):
         """`(L, ∂L/∂ΔV)` at the current ΔV, where `logits` are the model's logits for the current
@@ -179,7 +181,8 @@ class ValueController:
     def _forward(self, layer_input: LayerInput, consts: AttentionConstants):
         """The tail at the current ΔV: final-norm hidden state and activations."""
         _, values = self._value_graph()
-        attn = consts.o_rest + consts.a_video @ values.detach()
+        # o_rest + a_video·V (under no_grad: nothing is recorded), as one batched multiply-add.
+        attn = torch.baddbmm(consts.o_rest.flatten(0, 1), consts.a_video.flatten(0, 1), values.flatten(0, 1))
         return self.dense.forward(layer_input.hidden, attn.reshape(1, 1, -1).to(self.model_dtype))
 
     def _backward(self, consts: AttentionConstants, acts, grad_hidden: torch.Tensor) -> torch.Tensor:
@@ -203,7 +206,7 @@ class ValueController:
                        alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(L, ∂L/∂ΔV)` from the tail graph `hidden(delta)` and the logits it produced."""
         loss, grad_hidden = self._grad_hidden(logits, alpha)
-        (grad,) = torch.autograd.grad(hidden, delta, grad_outputs=grad_hidden.view_as(hidden))
+        (grad,) = torch.autograd.grad(hidden, delta, grad_outputs=grad_hidden.view_as(hidden).to(hidden.dtype))
         return loss, grad
 
     def _grad_hidden(self, logits: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,12 +216,12 @@ class ValueController:
         forward's `h @ Wᵀ` on CPU (bf16, measured); one batched product over equal row blocks of
         W (a view, no copy) recovers most of it. Each block's partial product comes out in the
         model's dtype (CPU matmuls have no wider output for bf16 inputs) and the blocks are summed
-        in float32; the result is rounded to the model's dtype once.
+        in float32, the result's dtype.
         """
         loss, grad_z = self.loss_grad_logits(logits, alpha)
         blocks, rows, _ = self._lm_blocks.shape
         parts = torch.bmm(grad_z.to(self.model_dtype).view(blocks, 1, rows), self._lm_blocks)  # [blocks, 1, hidden]
-        return loss, parts.sum(0, dtype=torch.float32).to(self.model_dtype)
+        return loss, parts.sum(0, dtype=torch.float32)
 
     # ---- one round ----------------------------------------------------------------------------
 
@@ -248,7 +251,10 @@ class ValueController:
 
     def _step(self, loss: torch.Tensor, grad: torch.Tensor, values_cache: torch.Tensor) -> None:
         """One guarded Adam step on ΔV, written into the cache."""
-        ok = torch.isfinite(loss) & torch.isfinite(grad).all()
+        # Finite iff x − x == 0 for x = L + Σ grad: a NaN or ±inf anywhere makes the sum NaN or
+        # ±inf (an overflow of the sum of finite values would count as non-finite: harmless).
+        total = (loss + grad.sum()).reshape(())
+        ok = (total - total) == 0
         self.delta = self.adam.step(self.delta, grad, ok)
         ops.value_update_(values_cache, self.video_index, self.v0, self.delta)
 

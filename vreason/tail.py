@@ -13,8 +13,9 @@ activations that forward left (`h1`, `gate`, `up`, `h2`), captured by forward ho
 running the tail forward again. Later steps use the activations of the controller's own forward
 at the new ΔV.
 
-Precision (**ours**): the matrix products run in the model's dtype (as autograd's would, the
-gradient rounded to it first); the element-wise parts (RMSNorm, SiLU) in float32. The backward
+Precision (**ours**): the matrix products and the SwiGLU's element-wise backward run in the
+model's dtype, as autograd's would; the RMSNorms' backward in float32 (their forward computes in
+float32 as well). The backward
 is the exact derivative of the tail's real-valued function; it ignores the model dtype's roundings
 inside the forward, as autograd in that dtype effectively does too.
 """
@@ -40,12 +41,12 @@ class TailActivations:
 
 def rms_norm_backward(x: torch.Tensor, weight32: torch.Tensor, eps: float, grad: torch.Tensor) -> torch.Tensor:
     """∂/∂x of `weight · x / rms(x)` (rms over the last dim, `sqrt(mean(x²) + eps)`), float32:
-    `r·ĝ − x·r³·mean(ĝ·x)` with `ĝ = grad·weight`, `r = 1/rms(x)`."""
+    `r · (ĝ − x̂ · mean(ĝ · x̂))` with `x̂ = r·x`, `ĝ = grad·weight`, `r = 1/rms(x)`."""
     x = x.float()
     r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    x_hat = x * r
     g = grad.float() * weight32
-    coef = r.pow(3) * (g * x).mean(-1, keepdim=True)
-    return torch.addcmul(r * g, x, coef, value=-1.0)
+    return torch.addcmul(g, x_hat, (g * x_hat).mean(-1, keepdim=True), value=-1.0) * r
 
 
 def last_position(t: torch.Tensor) -> torch.Tensor:
@@ -102,14 +103,12 @@ class DenseTail:
         """∂L/∂attn `[1, 1, heads·head_dim]` (model dtype) from ∂L/∂(final-norm output)."""
         dtype = self.down_proj.weight.dtype
         grad_h2 = rms_norm_backward(acts.h2, self.final_w32, self.final_eps, grad_out.view_as(acts.h2))
-        grad_act = (grad_h2.to(dtype) @ self.down_proj.weight).float()
-        gate, up = acts.gate.float(), acts.up.float()
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
-        grad_up = grad_act * silu
-        # silu'(g) = σ(g) + silu(g)·(1 − σ(g))
-        grad_gate = grad_act * up * torch.addcmul(sig, silu, 1.0 - sig)
-        grad_gate, grad_up = grad_gate.to(dtype).view(1, -1), grad_up.to(dtype).view(1, -1)
+        # The MLP's element-wise backward in the model's dtype with the same kernels as autograd's:
+        # act = silu(gate)·up, so ∂up = ∂act·silu(gate) and ∂gate = silu_backward(∂act·up, gate).
+        grad_act = grad_h2.to(dtype).view(1, -1) @ self.down_proj.weight
+        gate, up = acts.gate.view(1, -1), acts.up.view(1, -1)
+        grad_up = grad_act * torch.nn.functional.silu(gate)
+        grad_gate = torch.ops.aten.silu_backward(grad_act * up, gate)
         grad_normed = torch.addmm(grad_gate @ self.gate_proj.weight, grad_up, self.up_proj.weight)
         grad_h1 = grad_h2 + rms_norm_backward(acts.h1, self.post_w32, self.post_eps, grad_normed.view_as(acts.h1))
         return grad_h1.to(dtype) @ self.o_proj.weight

@@ -22,13 +22,15 @@ __all__ = ["DecoderAdapter", "LayerInput", "LayerInputCapture", "Prefill"]
 class LayerInput:
     """The last decoder layer's input at the current (last) position, captured by a hook:
     the residual stream `[1, 1, hidden]` and the rotary `(cos, sin)` `[1, 1, head_dim]`; and,
-    where the adapter captures them, the same forward's tail activations (`tail.py`), which
-    let a controller round start without recomputing the tail."""
+    where the adapter captures them, the same forward's query projection `q` (before any norm or
+    rotary) and tail activations (`tail.py`), which let a controller round start without
+    recomputing either."""
 
     hidden: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
     tail: "TailActivations | None" = None
+    q: torch.Tensor | None = None
 
 
 class LayerInputCapture(Protocol):

@@ -219,7 +219,9 @@ class QwenVLAdapter(DecoderAdapter):
 
     def query(self, layer_input: LayerInput) -> torch.Tensor:
         layer = self.last_layer
-        q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
+        q = layer_input.q
+        if q is None:  # not captured: the projection again
+            q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
         q = q.view(1, 1, self.num_heads, self.head_dim).transpose(1, 2)  # [1, heads, 1, head_dim]
         cos, sin = layer_input.cos.unsqueeze(1), layer_input.sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin
@@ -238,14 +240,19 @@ class QwenVLAdapter(DecoderAdapter):
 
 class LastLayerCapture:
     """The hooks behind `capture_last_layer_input`: a pre-hook on the last decoder layer keeps its
-    input at the last position (`latest`, a `LayerInput`), and, for a dense tail, the tail's hooks
-    fill `latest.tail` as the same forward goes on. `.remove()` uninstalls them all."""
+    input at the last position (`latest`, a `LayerInput`); as the same forward goes on, a hook on
+    `q_proj` fills `latest.q` and, for a dense tail, the tail's hooks fill `latest.tail`.
+    `.remove()` uninstalls them all."""
 
     def __init__(self, layer: torch.nn.Module, tail: DenseTail | None, sink: dict | None = None) -> None:
         self.latest: LayerInput | None = None
         self._sink = sink
         self._tail = TailCapture(tail) if tail is not None else None
-        self._handle = layer.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handles = [layer.register_forward_pre_hook(self._hook, with_kwargs=True),
+                         layer.self_attn.q_proj.register_forward_hook(self._query)]
+
+    def _query(self, module, args, output) -> None:
+        self.latest.q = last_position(output)
 
     def _hook(self, module, args, kwargs) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -258,6 +265,7 @@ class LastLayerCapture:
             self._sink["input"] = self.latest
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
         if self._tail is not None:
             self._tail.remove()
