@@ -115,3 +115,15 @@ def test_predict_with_device_map_auto_gives_the_same_records(folders, tmp_path):
         lines = (root / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()
         outputs.append([{k: r[k] for k in ("key", "output", "entropy", "alpha", "error")} for r in map(json.loads, lines)])
     assert outputs[0] == outputs[1] and all(r["error"] is None for r in outputs[0])
+
+
+def test_auto_plans_with_the_checkpoints_dtype(folders):
+    # A bf16 checkpoint loaded with dtype="auto" is planned at 2 bytes a weight, not float32's 4.
+    from transformers import AutoConfig
+
+    from vreason.models.loading import _weights_dtype
+
+    config = AutoConfig.from_pretrained(folders["qwen3_vl"], local_files_only=True)
+    assert _weights_dtype("auto", config) == torch.float32 and _weights_dtype(torch.float16, config) == torch.float16
+    config.dtype = "bfloat16"
+    assert _weights_dtype("auto", config) == torch.bfloat16

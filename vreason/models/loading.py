@@ -64,6 +64,16 @@ def _resolve_dtype(dtype: str | torch.dtype, cfg: dict):
     return table[dtype]
 
 
+def _weights_dtype(torch_dtype, config) -> torch.dtype:
+    """The dtype the weights will have: the one asked for, else the checkpoint's (float32 if unsaid)."""
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    saved = getattr(config, "dtype", None) or getattr(config.get_text_config(), "dtype", None)
+    if isinstance(saved, str):
+        saved = getattr(torch, saved, None)
+    return saved if isinstance(saved, torch.dtype) else torch.float32
+
+
 def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device | None = None,
                device_map: str | dict | None = None, max_memory: str | dict | None = None,
                offload_folder: str | Path | None = None):
@@ -96,8 +106,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
 
             if device_map == "auto":
                 config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-                plan_dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else config.get_text_config().dtype
-                device_map = sharding.plan_device_map(config, plan_dtype or torch.float32, max_memory)
+                device_map = sharding.plan_device_map(config, _weights_dtype(torch_dtype, config), max_memory)
             placement = dict(device_map=device_map, offload_folder=None if offload_folder is None else str(offload_folder))
         model = AutoModelForImageTextToText.from_pretrained(
             path,
