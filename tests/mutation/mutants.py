@@ -27,6 +27,8 @@ GENERATION = "vreason/generation.py"
 PRUNING = "vreason/pruning.py"
 SAMPLING = "vreason/sampling.py"
 SCORING = "vreason/scoring.py"
+# The controller-round oracle (float32; bf16 runs in the suite): exact ΔV, cache and logits.
+ORACLE_F32 = "tests/test_controller_oracle.py::test_round_equals_torch_adam_on_brute_force_gradients[1.0-float32]"
 
 MUTANTS: list[Mutant] = [
     # ---- switching rule -----------------------------------------------------------------------
@@ -91,4 +93,45 @@ MUTANTS: list[Mutant] = [
            "self._kept = existing",
            ("tests/test_cli.py::test_broken_samples_complete_with_exit_0_and_are_counted",),
            "error samples run again on resume"),
+    # ---- controller and generation (rewritten for speed: re-check these texts after a rewrite) --
+    Mutant("lm-head-backward-keeps-one-block", CONTROLLER,
+           "return loss, parts.sum(0, dtype=torch.float32)", "return loss, parts[-1].float()",
+           (ORACLE_F32,), "∂L/∂h sums every row block of lm_head (a real vocabulary spans ~19)"),
+    Mutant("adam-ignores-configured-betas", CONTROLLER,
+           "(config.adam_beta1, config.adam_beta2)", "(0.9, 0.999)",
+           (ORACLE_F32,), "--model.controller.adam_beta1/2 reach Adam"),
+    Mutant("adam-ignores-configured-eps", CONTROLLER,
+           "(config.adam_beta1, config.adam_beta2), config.adam_eps)", "(config.adam_beta1, config.adam_beta2), 1e-8)",
+           (ORACLE_F32,), "--model.controller.adam_eps reaches Adam"),
+    Mutant("adam-without-second-moment-bias-correction", CONTROLLER,
+           "denom = exp_avg_sq.sqrt() / correction[1].sqrt() + self.eps", "denom = exp_avg_sq.sqrt() + self.eps",
+           ("tests/test_controller.py::test_guarded_adam_matches_torch_adam_and_skips_non_finite_steps",),
+           "Adam's update, as torch.optim.Adam"),
+    Mutant("loss-sign-flipped", CONTROLLER,
+           "grad_outputs=torch.neg(alpha).expand_as(entropy)", "grad_outputs=alpha.expand_as(entropy)",
+           (ORACLE_F32,), "L = α(log|V| − H): α = +1 raises the entropy"),
+    Mutant("gradient-ignores-norm-preservation", CONTROLLER,
+           "self._values = (self.delta, leaf, ops.value_update(self.v0, leaf))",
+           "self._values = (self.delta, leaf, self.v0 + leaf)",
+           (ORACLE_F32,), "V(ΔV) = (V0+ΔV)/‖V0+ΔV‖·‖V0‖, differentiated as such"),
+    Mutant("delta-v-never-written-to-the-cache", CONTROLLER,
+           "        ops.value_update_(values_cache, self.video_index, self.v0, self.delta)\n", "",
+           (ORACLE_F32,), "ΔV reaches the model through the cache"),
+    Mutant("rounds-off-by-one-token", CONTROLLER,
+           "return k % self.config.every_k == 0", "return (k + 1) % self.config.every_k == 0",
+           ("tests/test_generation.py::test_result_traces",), "rounds at k = 0, every_k, 2·every_k, ..."),
+    Mutant("ema-beta-not-plumbed", GENERATION,
+           "EntropySwitch(cfg.mode, cfg.ema_beta, device)", "EntropySwitch(cfg.mode, 0.9, device)",
+           ("tests/test_config_plumbing.py::test_ema_alpha_and_rounds_follow_the_given_beta_and_every_k",),
+           "--model.controller.ema_beta reaches the switch"),
+    Mutant("lite-renumbers-decode-positions", GENERATION,
+           "adapter.decode_step(token, cache, next_positions + k)",
+           "adapter.decode_step(token, cache, next_positions + k - num_pruned(n_video, cfg.prune_ratio))",
+           ("tests/test_pruning.py::test_pruned_run_keeps_the_unpruned_positions",),
+           "after Lite, new tokens keep the unpruned sequence's positions"),
+    Mutant("lite-rerun-at-the-wrong-position", GENERATION,
+           "rerun_last_prompt_token(adapter, cache, prompt, prefill.next_position_ids - 1)",
+           "rerun_last_prompt_token(adapter, cache, prompt, prefill.next_position_ids)",
+           ("tests/test_pruning.py::test_pruned_run_keeps_the_unpruned_positions",),
+           "the last prompt token runs again at its own position"),
 ]
