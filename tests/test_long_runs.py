@@ -368,4 +368,5 @@ def test_a_second_out_of_memory_is_an_error_record_and_the_next_sample_runs(monk
     assert frames == [8, 4, 8]  # one retry only, then the next sample with its own frames
     assert first["error"] == f"out of memory: OutOfMemoryError: {OOM} second line"
     assert first["retried_with"] == 4 and first["num_frames"] == 4
-    assert second["error"] is None and "retried_with" not in second
+    assert second["error"] is None and second["retried_with"] is None and second["num_frames"] == 8
+    assert second["video_reader"] == "decord" and second["from_cache"] is False

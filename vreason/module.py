@@ -134,6 +134,13 @@ class VReasonModule(LightningModule):
         return records
 
     def _predict_item(self, item: dict) -> dict:
+        # The reader, cache, frame count and retry come from the data side; a retry's record
+        # already carries its own, which win.
+        from vreason.data.items import video_record_fields
+
+        return {**video_record_fields(item), **self._run_item(item)}
+
+    def _run_item(self, item: dict) -> dict:
         sample = item["sample"]
         error = item.get("error") or getattr(sample, "error", None)
         if error is None and item.get("inputs") is None:
@@ -174,8 +181,8 @@ class VReasonModule(LightningModule):
     def _retry_with_fewer_frames(self, item: dict, error: str) -> dict:
         """**ours**: a video sample that ran out of memory runs once more with half its frames
         (uniformly re-sampled, rounded down to even, at least 2); a second failure, an image or
-        a clip already at 2 frames is an error record. `retried_with` on the record is the
-        frame count of the second attempt, `num_frames` the count its answer (or error) had."""
+        a clip already at 2 frames is an error record. The record of the second attempt says
+        so (`retried_with`, `num_frames`: `video_record_fields`)."""
         from vreason.data.items import prepare_item
 
         sample, meta, video = item["sample"], item.get("meta"), item.get("video")
@@ -187,10 +194,7 @@ class VReasonModule(LightningModule):
         log.warning("sample %s ran out of memory with %d frames; trying again with %d", sample.key, used, half)
         retry = prepare_item(sample, self._processor, video.with_num_frames(half))
         retry["retried_with"] = half
-        record = self._predict_item(retry)
-        record["retried_with"] = half
-        record["num_frames"] = len(retry["meta"]["indices"]) if retry.get("meta") else None
-        return record
+        return self._predict_item(retry)
 
     def _sample_seed(self, key: str) -> Optional[int]:
         # With sampling, each sample draws from its own stream, fixed by the run's seed and the

@@ -72,3 +72,14 @@ def _image_inputs(processor: Any, text: str, path: str, video: VideoConfig) -> A
     h, w = smart_resize(height, width, IMAGE_FACTOR, video.min_pixels, video.max_pixels)
     image = image.resize((w, h), Image.BICUBIC)
     return processor(text=[text], images=[image], do_resize=False, return_tensors="pt")
+
+
+def video_record_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """What a record says about how its frames were read (README, "Long runs"): `video_reader`
+    (decord or pyav; None for images and samples that failed before a read), `from_cache`,
+    `num_frames` (frames the model was given) and `retried_with` (the frame count of the
+    out-of-memory retry this record comes from, else None)."""
+    meta = item.get("meta") or {}
+    indices = meta.get("indices")
+    return {"video_reader": meta.get("video_backend"), "from_cache": meta.get("from_cache"),
+            "num_frames": len(indices) if indices is not None else None, "retried_with": item.get("retried_with")}
