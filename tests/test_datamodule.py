@@ -136,3 +136,74 @@ def test_configuration_errors(tiny, mixed):
         BenchmarkDataModule(files=[str(mixed)]).predict_dataloader()
     with pytest.raises(ValueError, match="at least one"):
         BenchmarkDataModule(files=[])
+
+
+def test_a_connected_processor_is_used_and_none_is_loaded(tiny, mixed, monkeypatch):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny, local_files_only=True)
+    calls = []
+    real_call = type(processor).__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(self)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(processor), "__call__", counting)
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *a, **k: pytest.fail("processor loaded twice"))
+    dm = BenchmarkDataModule(files=[str(mixed)], model_path=None, num_frames=4)
+    dm.connect(processor)
+    item = dm.predict_dataset()[0]
+    assert item["error"] is None and calls == [processor]
+    # Frames arrive sized already: the processor's own per-frame cap is off, so its grid is theirs.
+    assert processor.video_processor.cap_pixels_per_frame is False
+
+
+def test_every_video_setting_reaches_the_reads(tiny, mixed, monkeypatch):
+    from vreason.config import VideoConfig
+    from vreason.data import items
+
+    seen = []
+    real = items.load_video
+
+    def spy(path, video):
+        seen.append(video)
+        return real(path, video)
+
+    monkeypatch.setattr(items, "load_video", spy)
+    settings = dict(num_frames=None, fps=1.0, min_frames=6, max_frames=8, max_pixels=56 * 56, min_pixels=28 * 28,
+                    num_threads=2, video_reader="pyav", video_timeout=7.5, frame_cache=None)
+    dm = BenchmarkDataModule(files=[str(mixed)], model_path=tiny, **settings)
+    item = dm.predict_dataset()[0]
+    assert seen == [VideoConfig(**settings)] and dm.video_config() == VideoConfig(**settings)
+    # 3 s at 1 fps is 3 frames, raised to min_frames 6; read by PyAV.
+    assert len(item["meta"]["indices"]) == 6 and item["meta"]["video_backend"] == "pyav"
+
+
+def test_bad_video_settings_are_refused_once_with_one_line(mixed):
+    for bad, message in [(dict(num_frames=None), "set data.num_frames or data.fps"),
+                         (dict(video_reader="opencv"), "data.video_reader must be auto|decord|pyav"),
+                         (dict(max_pixels=1000, min_pixels=2000), "data.min_pixels and data.max_pixels")]:
+        with pytest.raises(ValueError, match=message):
+            BenchmarkDataModule(files=[str(mixed)], **bad)
+
+
+def test_run_settings_identify_the_inputs(tiny, mixed, tmp_path):
+    import hashlib
+
+    dm = BenchmarkDataModule(files=[str(mixed)], media_root=str(mixed.parent), num_frames=8, video_timeout=3,
+                             frame_cache=str(tmp_path / "cache"))
+    settings = dm.run_settings()
+    assert settings == {
+        "files": [{"path": str(mixed), "sha256": hashlib.sha256(mixed.read_bytes()).hexdigest()}],
+        "media_root": str(mixed.parent), "template": None, "num_frames": 8, "fps": None, "min_frames": 4,
+        "max_frames": 768, "max_pixels": 200704, "min_pixels": 3136, "video_reader": "auto"}
+    json.dumps(settings)  # plain values
+    # How a run goes (time limit, cache, threads) is not what identifies it.
+    assert BenchmarkDataModule(files=[str(mixed)], media_root=str(mixed.parent), num_frames=8).run_settings() == settings
+    copy = tmp_path / mixed.name
+    entries = json.loads(mixed.read_text())
+    entries[0]["problem"] += " (edited)"
+    copy.write_text(json.dumps(entries))
+    assert BenchmarkDataModule(files=[str(copy)], num_frames=8).run_settings()["files"][0]["sha256"] != \
+        settings["files"][0]["sha256"]
