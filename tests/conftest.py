@@ -30,6 +30,7 @@ def _no_gpu() -> bool:
 # add a marker here only for a need no CI machine of this project can meet.
 SKIP_ALLOWED = {
     "cuda": ("runs CUDA kernels on a GPU; CI machines have none", _no_gpu),
+    "no_gpu": ("checks what happens without a GPU; a machine with one cannot", torch.cuda.is_available),
 }
 
 

@@ -42,6 +42,7 @@ def test_doctor_fails_on_a_wrong_kernel(monkeypatch, capsys):
     assert failed and all("ops.value_update" in r for r in failed), out
 
 
+@pytest.mark.no_gpu
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_doctor_on_cuda_without_a_gpu_is_one_line(capsys):
     assert main(["doctor", "--device", "cuda"]) == 2
