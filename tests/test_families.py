@@ -217,6 +217,59 @@ def test_lite_keeps_the_highest_norm_rows_and_ratio_zero_changes_nothing(tiny, f
     assert lite.num_video_tokens_kept == n_keep and lite.num_new_tokens == 6
 
 
+class KvLayersView:
+    """The adapter as Lite would see it once the generator prunes `adapter.kv_layers()`: layer i is
+    the adapter's i-th layer with a key/value cache."""
+
+    def __init__(self, adapter):
+        self.adapter, self.layers = adapter, adapter.kv_layers()
+        self.num_layers = len(self.layers)
+
+    def cache_kv(self, cache, layer):
+        return self.adapter.cache_kv(cache, self.layers[layer])
+
+    def set_cache_kv(self, cache, layer, keys, values):
+        self.adapter.set_cache_kv(cache, self.layers[layer], keys, values)
+
+
+def test_qwen3_5_lite_prunes_the_full_attention_layers_and_rewinds_the_recurrent_states(tiny):
+    _, model, processor = tiny("qwen3_5")
+    adapter = adapter_for(model)
+    inputs = adapter.prepare_inputs(family_inputs(processor, seed=3))
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        # The re-run over an unpruned cache is the prefill again: same logits, same continuation.
+        # Without the rewind the token would reach the recurrent states twice.
+        plain = adapter.prefill(inputs)
+        logits = [plain.logits]
+        for k in range(3):
+            logits.append(adapter.decode_step(logits[-1].argmax(-1).view(1, 1), plain.cache, plain.next_position_ids + k))
+        again = adapter.prefill(inputs)
+        rerun = [adapter.rerun_last_prompt_token(again.cache, ids, again.next_position_ids - 1)]
+        for k in range(3):
+            rerun.append(adapter.decode_step(rerun[-1].argmax(-1).view(1, 1), again.cache, again.next_position_ids + k))
+        for a, b in zip(logits, rerun):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        # Lite over the full-attention layers: their highest-norm video rows stay, the rest of
+        # every cache row is untouched, and the re-run gives finite logits over the pruned cache.
+        pruned = adapter.prefill(inputs)
+        view = KvLayersView(adapter)
+        assert view.layers == tuple(i for i, t in enumerate(model.config.text_config.layer_types) if t == "full_attention")
+        kept = prune_video_tokens(view, pruned.cache, pruned.video_positions, 0.5)
+        video, n_keep = pruned.video_positions, pruned.video_positions.numel() - pruned.video_positions.numel() // 2
+        for i, layer in enumerate(view.layers):
+            keys, values = adapter.cache_kv(plain.cache, layer)
+            keys, values = keys[..., : ids.shape[1], :], values[..., : ids.shape[1], :]  # the prompt's rows
+            norms = values[0][:, video].float().square().sum(dim=(0, 2))
+            keep = torch.ones(keys.shape[-2], dtype=torch.bool)
+            keep[video] = False
+            keep[video[torch.sort(norms, descending=True, stable=True).indices[:n_keep]]] = True
+            assert torch.equal(adapter.cache_kv(pruned.cache, layer)[1], values[..., keep, :]) and kept[i].numel() == n_keep
+        lite = adapter.rerun_last_prompt_token(pruned.cache, ids, pruned.next_position_ids - 1)
+        assert torch.isfinite(lite).all() and not torch.allclose(lite, plain.logits, atol=1e-6)
+        assert adapter.cache_kv(pruned.cache, view.layers[-1])[1].shape[-2] == ids.shape[1] - (video.numel() - n_keep)
+
+
 # ---- the command ------------------------------------------------------------------------------------
 
 

@@ -15,11 +15,14 @@ The full-attention layer differs from Qwen2.5-VL's in three ways, all in `query`
 - per-head RMSNorm of queries (and keys, cached after it) before rotary;
 - partial rotary: only the first `cos.shape[-1]` dimensions of each head rotate.
 
-Lite is not supported for this family (**ours**, a refusal rather than a silent error): the
-recurrent state of the linear-attention layers cannot drop tokens, and Lite's re-run of the last
-prompt token would feed that token to the recurrent state a second time. Asking for a linear
-layer's cache (which Lite does) raises a one-line ValueError, so such a sample becomes an error
-record naming the reason.
+Lite. The recurrent state of a linear-attention layer cannot drop tokens: Lite can only drop
+video tokens from the full-attention layers' caches (`kv_layers`), and its re-run of the last
+prompt token must not feed that token to the recurrent states a second time
+(`rerun_last_prompt_token` rewinds them first). Today's generic Lite (`pruning.py`) walks every
+layer's cache and re-runs the token over all of them, which would be wrong here: asking for a
+linear layer's cache raises a one-line ValueError instead (**ours**, a refusal rather than a
+silent error), so such a sample becomes an error record naming the reason, until the generator
+prunes `kv_layers()` and re-runs through the adapter.
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ class Qwen3_5Adapter(QwenVLAdapter):
         super().__init__(model)
         check_placement(model)
         self.q_norm = self.last_layer.self_attn.q_norm
+        self.full_layers = tuple(i for i, kind in enumerate(self.layer_types) if kind == _FULL)
+        self._prompt: dict | None = None  # the last prefill's inputs, for Lite's re-run
 
     @property
     def device(self) -> torch.device:
@@ -54,6 +59,39 @@ class Qwen3_5Adapter(QwenVLAdapter):
             raise ValueError(f"Qwen3.5 layer {layer} is linear attention (a recurrent state, no per-token cache): "
                              "Lite (prune_ratio > 0) is not supported for Qwen3.5")
         return super().cache_kv(cache, layer)
+
+    # ---- Lite over a hybrid cache ------------------------------------------------------------------
+
+    def prefill(self, inputs: dict):
+        self._prompt = inputs
+        return super().prefill(inputs)
+
+    def kv_layers(self) -> tuple[int, ...]:
+        """The layers with a per-token key/value cache, the only ones Lite can prune."""
+        return self.full_layers
+
+    def rerun_last_prompt_token(self, cache, input_ids: torch.Tensor, last_position_ids: torch.Tensor) -> torch.Tensor:
+        """Lite's re-run of the last prompt token over a (pruned) hybrid cache; its logits `[1, vocab]`.
+
+        The full-attention layers drop the token's entry; the linear-attention layers get their
+        states from before it back, from the prompt without its last token run into a fresh cache
+        (one more prompt forward, once per sample); then the token is fed again."""
+        prompt = self._prompt
+        if prompt is None or not torch.equal(prompt["input_ids"], input_ids):
+            raise ValueError("rerun_last_prompt_token needs the prefill of this same prompt first")
+        positions = self._prompt_position_ids(prompt)[..., :-1]
+        head = {k: v for k, v in prompt.items() if k not in ("input_ids", "second_per_grid_ts")}
+        head["mm_token_type_ids"] = head["mm_token_type_ids"][:, :-1]
+        out = self.model(input_ids=input_ids[:, :-1], position_ids=positions, use_cache=True, logits_to_keep=1,
+                         return_dict=True, **head)
+        before = getattr(out, self.cache_key)
+        for layer, kind in enumerate(self.layer_types):
+            if kind == _FULL:
+                keys, values = self.cache_kv(cache, layer)
+                self.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
+            else:
+                cache.layers[layer] = before.layers[layer]
+        return self.decode_step(input_ids[:, -1:], cache, last_position_ids)
 
     def dense_tail(self) -> None:
         """None: the output gate sits between the attention and `o_proj`, which the hand-written
