@@ -34,8 +34,8 @@ MAX_RATIO = 200
 VIDEO_FRAME_MAX_PIXELS = 768 * IMAGE_FACTOR * IMAGE_FACTOR
 VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR * IMAGE_FACTOR * 0.9
 # **ours**: frames are decoded and resized in chunks of at most this many source bytes, so a long
-# or very large video never sits whole in memory at its source resolution; and a source frame
-# larger than MAX_SOURCE_PIXELS (past 8K) is refused before anything is decoded at that size.
+# or very large video never sits whole in memory at its source resolution; and a video whose
+# frames exceed MAX_SOURCE_PIXELS (past 8K) is refused at its first frame, before any chunk.
 DECODE_CHUNK_BYTES = 256 * 2**20
 MAX_SOURCE_PIXELS = 8192 * 8192
 
