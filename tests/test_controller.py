@@ -207,3 +207,64 @@ def test_model_weights_are_frozen_and_get_no_gradient(tiny):
     VReasonGenerator(model, ControllerConfig(mode="maximize", every_k=1), DecodeConfig(max_new_tokens=2)).generate(
         **video_inputs(processor))
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+
+
+# ---- the captured activations, the hand-written tail, the schedule ------------------------------
+
+
+def test_capture_handle_keeps_the_forward_activations_and_removes_every_hook(tiny):
+    model, processor = tiny
+    adapter = adapter_for(model)
+    inputs = adapter.prepare_inputs(video_inputs(processor))
+    hooked = [adapter.last_layer, adapter.last_layer.self_attn.q_proj, adapter.last_layer.post_attention_layernorm,
+              adapter.last_layer.mlp.gate_proj, adapter.last_layer.mlp.up_proj, adapter.text_model.norm]
+    before = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in hooked]
+    capture = adapter.capture_last_layer_input()
+    assert capture.latest is None
+    with torch.no_grad():
+        pre = adapter.prefill(inputs)
+    got = capture.latest
+    capture.remove()
+    assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in hooked] == before
+    assert got.hidden.shape == (1, 1, 64) and got.tail.complete()
+    # The tail recomputed by hand from the captured layer input at ΔV = 0 gives the same
+    # activations and the model's own logits.
+    ctrl = ValueController(adapter, ControllerConfig(), pre.cache, pre.video_positions)
+    with torch.no_grad():
+        consts = ctrl.attention_constants(got, pre.cache)
+        hidden, acts = ctrl.dense.forward(got.hidden, (consts.o_rest + consts.a_video @ ctrl.v0).reshape(1, 1, -1))
+        q = adapter.last_layer.self_attn.q_proj(adapter.last_layer.input_layernorm(got.hidden))
+    for name in ("h1", "gate", "up", "h2"):
+        assert torch.allclose(getattr(acts, name), getattr(got.tail, name), atol=1e-5), name
+    assert torch.allclose(got.q, q, atol=1e-6)
+    assert torch.allclose(ctrl.logits_of(hidden), pre.logits, atol=1e-5)
+
+
+def test_hand_written_tail_backward_equals_autograd_in_float64(tiny):
+    model, processor = tiny
+    adapter = adapter_for(model)
+    from vreason.tail import DenseTail
+
+    tail = DenseTail.of(adapter.last_layer, adapter.text_model.norm)
+    g = torch.Generator().manual_seed(3)
+    residual = torch.randn(1, 1, 64, generator=g, dtype=torch.float64)
+    attn = torch.randn(1, 1, 64, generator=g, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(1, 1, 64, generator=g, dtype=torch.float64)
+    model64 = copy.deepcopy(model).double()
+    tail64 = DenseTail.of(model64.model.language_model.layers[-1], model64.model.language_model.norm)
+    with torch.enable_grad():
+        out, acts = tail64.forward(residual, attn)
+        (want,) = torch.autograd.grad(out, attn, grad_outputs=grad_out)
+    got = tail64.backward(acts, grad_out)
+    assert float(want.norm()) > 0 and tail is not None
+    # The model's RMSNorm computes in float32 even in a float64 model, so autograd through it
+    # carries float32 rounding; the hand-written backward is float64 throughout.
+    assert rel_err(got, want) <= 1e-6
+
+
+def test_the_controller_owns_the_schedule(tiny):
+    model, processor = tiny
+    adapter, pre, _, _ = prefill_state(model, processor)
+    for every_k, due in ((1, [0, 1, 2, 3, 4, 5]), (2, [0, 2, 4]), (3, [0, 3])):
+        ctrl = ValueController(adapter, ControllerConfig(every_k=every_k), pre.cache, pre.video_positions)
+        assert [k for k in range(6) if ctrl.due(k)] == due

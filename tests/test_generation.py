@@ -8,6 +8,7 @@ import torch
 import vreason
 from vreason import ControllerConfig, DecodeConfig, VReasonGenerator, ops
 from vreason.models.tiny import build_tiny_model
+from vreason.module import VReasonModule
 from inputs import video_inputs
 
 CONFIGS = {
@@ -242,3 +243,50 @@ def test_off_with_repetition_penalty_matches_generate(models, do_sample):
     assert torch.equal(res.sequences, expected)
     if not do_sample:
         assert not torch.equal(expected, plain)
+
+
+# ---- the wall-clock budget per sample ---------------------------------------------------------
+
+
+class FakeClock:
+    """`time.monotonic` stand-in: each call moves one second on."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("mode", ["off", "switch"])
+def test_time_budget_stops_with_reason_time_and_keeps_the_tokens_so_far(models, monkeypatch, mode):
+    model, processor = models["default"]
+    inputs = video_inputs(processor)
+    free = VReasonGenerator(model, ControllerConfig(mode=mode), DecodeConfig(max_new_tokens=10)).generate(**inputs)
+    assert free.stop_reason == "max_new_tokens" and free.num_new_tokens == 10
+    # The deadline is read once at the start, then once after each token: with a clock that
+    # moves 1 s per read and a 3.5 s budget, tokens 1-3 see 101-103 s and token 4 sees 104 s.
+    monkeypatch.setattr("vreason.generation.time.monotonic", FakeClock())
+    limited = VReasonGenerator(model, ControllerConfig(mode=mode), DecodeConfig(max_new_tokens=10),
+                               max_seconds=3.5).generate(**inputs)
+    assert limited.stop_reason == "time" and limited.num_new_tokens == 4
+    assert torch.equal(limited.sequences, free.sequences[:, : limited.prompt_length + 4])
+    assert torch.equal(limited.entropy, free.entropy[:4]) and torch.equal(limited.updated, free.updated[:4])
+
+
+def test_time_budget_off_by_default_and_checked(models):
+    model, processor = models["default"]
+    assert VReasonGenerator(model).max_seconds is None
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="max_seconds_per_sample must be > 0"):
+            VReasonGenerator(model, max_seconds=bad)
+        with pytest.raises(ValueError, match="max_seconds_per_sample must be > 0"):
+            VReasonModule("unused", max_seconds_per_sample=bad)
+
+
+def test_a_tiny_time_budget_still_answers_one_token(models):
+    model, processor = models["default"]
+    res = VReasonGenerator(model, ControllerConfig(mode="switch"), DecodeConfig(max_new_tokens=10),
+                           max_seconds=1e-9).generate(**video_inputs(processor))
+    assert res.num_new_tokens == 1 and res.stop_reason == "time" and res.updated.tolist() == [True]

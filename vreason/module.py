@@ -48,6 +48,8 @@ class VReasonModule(LightningModule):
         None keeps it whole on the process's device. max_memory: with it, a cap per GPU ("70GiB").
     plot_samples: per benchmark, how many of the first samples (on rank 0) get a TensorBoard
         figure of their entropy, EMA and α traces.
+    max_seconds_per_sample: wall-clock budget of one sample's generation (None: no limit); past
+        it the sample stops with `stop_reason` "time" and its answer is scored as it stands.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class VReasonModule(LightningModule):
         plot_samples: int = 4,
         device_map: Optional[str] = None,
         max_memory: Optional[str] = None,
+        max_seconds_per_sample: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -68,6 +71,9 @@ class VReasonModule(LightningModule):
         self.dtype_name = dtype
         self.plot_samples = plot_samples
         self.device_map, self.max_memory = device_map, max_memory
+        if max_seconds_per_sample is not None and not max_seconds_per_sample > 0:
+            raise ValueError(f"model.max_seconds_per_sample must be > 0 seconds (or null: no limit), got {max_seconds_per_sample}")
+        self.max_seconds_per_sample = max_seconds_per_sample
         self.metrics = EvalMetrics(max_tokens=decode.max_new_tokens)
         self._hf_model = None
         self._processor = None
@@ -101,7 +107,8 @@ class VReasonModule(LightningModule):
         connect = getattr(self._trainer.datamodule, "connect", None) if self._trainer is not None else None
         if callable(connect):
             connect(processor)
-        object.__setattr__(self, "_generator", VReasonGenerator(model, controller=self.controller, decode=self.decode))
+        object.__setattr__(self, "_generator", VReasonGenerator(model, controller=self.controller, decode=self.decode,
+                                                                   max_seconds=self.max_seconds_per_sample))
 
     def run_settings(self) -> dict[str, Any]:
         """What of the module determines its records: the model folder, dtype, controller and

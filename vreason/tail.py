@@ -15,7 +15,7 @@ at the new ΔV.
 
 Precision (**ours**): the matrix products and the SwiGLU's element-wise backward run in the
 model's dtype, as autograd's would; the RMSNorms' backward in float32 (their forward computes in
-float32 as well). The backward
+float32 as well; float64 in a float64 model). The backward
 is the exact derivative of the tail's real-valued function; it ignores the model dtype's roundings
 inside the forward, as autograd in that dtype effectively does too.
 """
@@ -39,13 +39,13 @@ class TailActivations:
         return all(getattr(self, name) is not None for name in self.__slots__)
 
 
-def rms_norm_backward(x: torch.Tensor, weight32: torch.Tensor, eps: float, grad: torch.Tensor) -> torch.Tensor:
-    """∂/∂x of `weight · x / rms(x)` (rms over the last dim, `sqrt(mean(x²) + eps)`), float32:
-    `r · (ĝ − x̂ · mean(ĝ · x̂))` with `x̂ = r·x`, `ĝ = grad·weight`, `r = 1/rms(x)`."""
-    x = x.float()
+def rms_norm_backward(x: torch.Tensor, weight: torch.Tensor, eps: float, grad: torch.Tensor) -> torch.Tensor:
+    """∂/∂x of `weight · x / rms(x)` (rms over the last dim, `sqrt(mean(x²) + eps)`) in `weight`'s
+    dtype: `r · (ĝ − x̂ · mean(ĝ · x̂))` with `x̂ = r·x`, `ĝ = grad·weight`, `r = 1/rms(x)`."""
+    x = x.to(weight.dtype)
     r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     x_hat = x * r
-    g = grad.float() * weight32
+    g = grad.to(weight.dtype) * weight
     return torch.addcmul(g, x_hat, (g * x_hat).mean(-1, keepdim=True), value=-1.0) * r
 
 
@@ -70,9 +70,11 @@ class DenseTail:
         mlp = layer.mlp
         self.gate_proj, self.up_proj, self.down_proj, self.act_fn = mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn
         self.final_norm = final_norm
-        # Small float32 copies of the norm weights (hidden floats each) for the backward.
-        self.post_w32 = self.post_norm.weight.detach().float()
-        self.final_w32 = final_norm.weight.detach().float()
+        # Copies of the norm weights (hidden floats each) in the norms' compute dtype (float32, or
+        # float64 for a float64 model) for the backward.
+        wide = torch.promote_types(final_norm.weight.dtype, torch.float32)
+        self.post_w = self.post_norm.weight.detach().to(wide)
+        self.final_w = final_norm.weight.detach().to(wide)
         self.post_eps = float(self.post_norm.variance_epsilon)
         self.final_eps = float(final_norm.variance_epsilon)
 
@@ -102,7 +104,7 @@ class DenseTail:
     def backward(self, acts: TailActivations, grad_out: torch.Tensor) -> torch.Tensor:
         """∂L/∂attn `[1, 1, heads·head_dim]` (model dtype) from ∂L/∂(final-norm output)."""
         dtype = self.down_proj.weight.dtype
-        grad_h2 = rms_norm_backward(acts.h2, self.final_w32, self.final_eps, grad_out.view_as(acts.h2))
+        grad_h2 = rms_norm_backward(acts.h2, self.final_w, self.final_eps, grad_out.view_as(acts.h2))
         # The MLP's element-wise backward in the model's dtype with the same kernels as autograd's:
         # act = silu(gate)·up, so ∂up = ∂act·silu(gate) and ∂gate = silu_backward(∂act·up, gate).
         grad_act = grad_h2.to(dtype).view(1, -1) @ self.down_proj.weight
@@ -110,7 +112,7 @@ class DenseTail:
         grad_up = grad_act * torch.nn.functional.silu(gate)
         grad_gate = torch.ops.aten.silu_backward(grad_act * up, gate)
         grad_normed = torch.addmm(grad_gate @ self.gate_proj.weight, grad_up, self.up_proj.weight)
-        grad_h1 = grad_h2 + rms_norm_backward(acts.h1, self.post_w32, self.post_eps, grad_normed.view_as(acts.h1))
+        grad_h1 = grad_h2 + rms_norm_backward(acts.h1, self.post_w, self.post_eps, grad_normed.view_as(acts.h1))
         return grad_h1.to(dtype) @ self.o_proj.weight
 
 
