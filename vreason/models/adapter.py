@@ -103,6 +103,13 @@ class DecoderAdapter(ABC):
         forward; return the handle (`.latest`, `.remove()`). `sink`, when given, also receives
         it as `sink["input"]` (for callers written before the handle)."""
 
+    def collate_inputs(self, samples: list[dict]) -> dict:
+        """One left-padded batch from per-sample processor outputs (each as the processor gives it
+        for one sample), laid out as the processor's own batched call would: the family's rules
+        for padding the token rows and joining the pixel tensors. ValueError where the family has
+        no batching."""
+        raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
+
     def dense_tail(self) -> "DenseTail | None":
         """The last layer's tail as a dense SwiGLU block with a hand-written backward
         (`tail.DenseTail`), or None (the default) for the controller to use autograd over

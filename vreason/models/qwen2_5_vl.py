@@ -144,6 +144,49 @@ class QwenVLAdapter(DecoderAdapter):
         device = self.device
         return {k: torch.as_tensor(v).to(device) for k, v in inputs.items()}
 
+    # ---- batches --------------------------------------------------------------------------------
+
+    def pad_token_id(self) -> int:
+        """The id padding positions hold (never attended): the generation config's pad id, else
+        the text config's, else the first eos id, as `generate` falls back."""
+        for source in (self.model.generation_config, self.model.config.get_text_config()):
+            pad = getattr(source, "pad_token_id", None)
+            if pad is not None:
+                return int(pad[0] if isinstance(pad, (list, tuple)) else pad)
+        return self.eos_token_ids[0]
+
+    def collate_inputs(self, samples: list[dict]) -> dict:
+        """Token rows (`input_ids`, `attention_mask`, `mm_token_type_ids`) left-padded to the
+        longest; the visual tensors (`pixel_values_videos` with `video_grid_thw` and
+        `second_per_grid_ts`, `pixel_values` with `image_grid_thw`) concatenated in sample order,
+        samples without them contributing nothing: the processor's own layout for a batch."""
+        if not samples:
+            raise ValueError("an empty batch")
+        rows = []
+        for sample in samples:
+            ids = torch.as_tensor(sample["input_ids"]).reshape(-1)
+            mask = sample.get("attention_mask")
+            mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).reshape(-1).to(ids.dtype)
+            types = sample.get("mm_token_type_ids")
+            if types is None:
+                types = torch.zeros_like(ids)
+                types[ids == self.image_token_id] = _IMAGE_TYPE
+                types[ids == self.video_token_id] = _VIDEO_TYPE
+            rows.append((ids, mask, torch.as_tensor(types).reshape(-1).to(ids.dtype)))
+        length = max(ids.numel() for ids, _, _ in rows)
+        pad = self.pad_token_id()
+
+        def left_pad(tensors, value):
+            return torch.stack([torch.cat([t.new_full((length - t.numel(),), value), t]) for t in tensors])
+
+        batch = {"input_ids": left_pad([r[0] for r in rows], pad), "attention_mask": left_pad([r[1] for r in rows], 0),
+                 "mm_token_type_ids": left_pad([r[2] for r in rows], 0)}
+        for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw"):
+            parts = [torch.as_tensor(s[key]) for s in samples if s.get(key) is not None]
+            if parts:
+                batch[key] = torch.cat(parts)
+        return batch
+
     # ---- forward passes -----------------------------------------------------------------------
 
     def _prompt_position_ids(self, inputs: dict) -> torch.Tensor:
