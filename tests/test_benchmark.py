@@ -1,4 +1,4 @@
-"""Protocol files: prompts exactly as PROTOCOL.md, media resolution, and one error sample with a
+"""Protocol files: prompts exactly as docs/protocol.md, media resolution, and one error sample with a
 clear reason per broken entry while every good sample comes through."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from vreason.data import Sample, load_benchmark
 from vreason.data.benchmark import DEFAULT_TEMPLATE, BenchmarkError, benchmark_name
 from vreason.data.synthetic import encode_mp4
 
-# PROTOCOL.md's prompt, typed out independently of the module under test.
+# docs/protocol.md's prompt, typed out independently of the module under test.
 THINK = (
     "Please think about this question as if you were a human pondering deeply. Engage in an internal dialogue "
     "using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it down', etc, or other "

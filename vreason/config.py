@@ -1,4 +1,4 @@
-"""Dataclass configs: the knobs of the method (METHOD.md §2), of decoding and of video input.
+"""Dataclass configs: the knobs of the method (docs/method.md §2), of decoding and of video input.
 
 They are plain dataclasses so that LightningCLI turns their fields into flags
 (`--model.controller.mode`, `--model.decode.top_p`, ...) and YAML keys.
@@ -13,7 +13,7 @@ Mode = Literal["switch", "minimize", "maximize", "off"]
 
 @dataclass
 class ControllerConfig:
-    """The test-time controller (METHOD.md §2).
+    """The test-time controller (docs/method.md §2).
 
     mode: `switch` (entropy switching, the method), `minimize` (α ≡ −1), `maximize` (α ≡ +1),
         `off` (plain decoding, bit-identical to transformers' `generate`).

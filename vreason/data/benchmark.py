@@ -57,7 +57,7 @@ def benchmark_name(file: str | os.PathLike) -> str:
 
 def build_question(problem: str, problem_type: str, options: list[str] | None = None,
                    template: str | None = None) -> str:
-    """The user text of PROTOCOL.md "Prompt". Options follow the problem as in the anchors'
+    """The user text of docs/protocol.md "Prompt". Options follow the problem as in the anchors'
     script: `"Options:\\n"` then each option with its own trailing newline."""
     template = DEFAULT_TEMPLATE if template is None else template
     question = problem
