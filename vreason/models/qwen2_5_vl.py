@@ -25,7 +25,8 @@ import inspect
 import torch
 
 from vreason.models.adapter import DecoderAdapter, LayerInput, Prefill
-from vreason.tail import DenseTail, TailCapture, last_position
+from vreason.models.capture import LastLayerCapture
+from vreason.tail import DenseTail
 
 __all__ = ["QwenVLAdapter"]
 
@@ -252,7 +253,7 @@ class QwenVLAdapter(DecoderAdapter):
 
     # ---- the last layer, piece by piece ----------------------------------------------------------
 
-    def capture_last_layer_input(self, sink: dict | None = None) -> "LastLayerCapture":
+    def capture_last_layer_input(self, sink: dict | None = None) -> LastLayerCapture:
         return LastLayerCapture(self.last_layer, self.dense_tail(), sink)
 
     def dense_tail(self) -> DenseTail | None:
@@ -280,35 +281,3 @@ class QwenVLAdapter(DecoderAdapter):
     def lm_head_weight(self) -> torch.Tensor:
         return self.model.lm_head.weight
 
-
-class LastLayerCapture:
-    """The hooks behind `capture_last_layer_input`: a pre-hook on the last decoder layer keeps its
-    input at the last position (`latest`, a `LayerInput`); as the same forward goes on, a hook on
-    `q_proj` fills `latest.q` and, for a dense tail, the tail's hooks fill `latest.tail`.
-    `.remove()` uninstalls them all."""
-
-    def __init__(self, layer: torch.nn.Module, tail: DenseTail | None, sink: dict | None = None) -> None:
-        self.latest: LayerInput | None = None
-        self._sink = sink
-        self._tail = TailCapture(tail) if tail is not None else None
-        self._handles = [layer.register_forward_pre_hook(self._hook, with_kwargs=True),
-                         layer.self_attn.q_proj.register_forward_hook(self._query)]
-
-    def _query(self, module, args, output) -> None:
-        self.latest.q = last_position(output)
-
-    def _hook(self, module, args, kwargs) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        cos, sin = kwargs["position_embeddings"]
-        # The last position only (a prompt's is copied: holding views would keep the prefill's
-        # whole [1, P, hidden] activations alive for the rest of the sample).
-        tail = self._tail.begin() if self._tail is not None else None
-        self.latest = LayerInput(last_position(hidden), last_position(cos), last_position(sin), tail)
-        if self._sink is not None:
-            self._sink["input"] = self.latest
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        if self._tail is not None:
-            self._tail.remove()
