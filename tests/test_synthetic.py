@@ -124,3 +124,20 @@ def test_size_and_frames_options(tmp_path):
     assert frames.shape[-2:] == (56, 56)  # 64 rounds to the nearest multiple of 28
     with pytest.raises(ValueError):
         write_synthetic_benchmark(tmp_path, size=100)
+
+
+def test_trained_clips_are_few_large_and_match_their_facts(tmp_path):
+    from vreason.data.synthetic import TRAINED_CLIPS
+
+    path = write_synthetic_benchmark(tmp_path, n=8, seed=2, **TRAINED_CLIPS)
+    for s in load_benchmark(path):
+        frames, meta = full_frames(s.media_path)
+        assert frames.shape == (4, 56, 56, 3) and meta["total_num_frames"] == 4
+        facts, first = s.entry["facts"], frames[0]
+        if s.entry["kind"] == "count":
+            assert components(foreground(first)) == facts["count"] == len(facts["objects"]) <= 4
+            continue
+        # Salient: the moving shape covers a good share of a 28-pixel video-token cell.
+        assert foreground(first).sum() >= 150
+        assert centroid(first) == pytest.approx(facts["start"], abs=1.5)
+        assert centroid(frames[-1]) == pytest.approx(facts["end"], abs=1.5)

@@ -166,6 +166,13 @@ def _question(kind: str, rng: np.random.Generator, num_frames: int, size: int) -
     return tracks, fields
 
 
+def synthetic_clip(kind: str, rng: np.random.Generator, num_frames: int, size: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """One clip `[T, H, W, 3]` uint8 of question `kind` and its protocol fields (with `facts`),
+    drawn from `rng` exactly as `write_synthetic_benchmark` draws its samples."""
+    tracks, fields = _question(kind, rng, num_frames, size)
+    return _render(tracks, num_frames, size), fields
+
+
 def write_synthetic_benchmark(out_dir: str | os.PathLike, n: int = 12, seed: int = 0, num_frames: int = 24,
                               size: int = 112, fps: float = 8.0, with_errors: bool = False) -> Path:
     """Write `eval_Synthetic.json` and its clips (`videos/`) under `out_dir`; return the JSON path.
