@@ -9,7 +9,11 @@ processor configs and a chat template. `vreason.load_model` and transformers'
 `AutoProcessor` / `AutoModelForImageTextToText` both load the folder.
 
 The tokenizer's merges are learned from a fixed text (the protocol prompt and a few answer
-words) with a deterministic trainer, so the folder is the same for a given seed and overrides.
+words, plus any `extra_corpus`) with a deterministic trainer, so the folder is the same for a
+given seed and overrides.
+
+`trained_path()` is the folder of the one model here that has learned something: weights
+trained by `vreason train-tiny` on synthetic video questions, shipped inside the package.
 """
 from __future__ import annotations
 
@@ -76,8 +80,14 @@ _CORPUS = [
 ]
 
 
-def _train_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level BPE vocabulary and merges learned from `_CORPUS` (deterministic)."""
+def trained_path() -> Path:
+    """The folder of the shipped trained tiny model (README, "A trained tiny model"): load it with
+    `vreason.load_model(trained_path())` like any checkpoint folder."""
+    return Path(__file__).resolve().parent / "trained"
+
+
+def _train_bpe(vocab_size: int, extra_corpus: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level BPE vocabulary and merges learned from `_CORPUS` + `extra_corpus` (deterministic)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -88,17 +98,17 @@ def _train_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
         show_progress=False,
         special_tokens=[],
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(_CORPUS * 4 + list(extra_corpus), trainer=trainer)
     state = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     return dict(state["vocab"]), merges
 
 
-def _build_tokenizer(bpe_vocab_size: int):
+def _build_tokenizer(bpe_vocab_size: int, extra_corpus: tuple[str, ...] = ()):
     from transformers import AddedToken
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    vocab, merges = _train_bpe(bpe_vocab_size)
+    vocab, merges = _train_bpe(bpe_vocab_size, tuple(extra_corpus))
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
@@ -188,6 +198,7 @@ def build_tiny_model(
     dtype: torch.dtype = torch.float32,
     video_max_pixels: int = 112 * 112,
     video_min_pixels: int = 56 * 56,
+    extra_corpus: tuple[str, ...] = (),
     **overrides: Any,
 ) -> Path:
     """Write a tiny Qwen2.5-VL checkpoint folder at `path` and return it.
@@ -195,7 +206,8 @@ def build_tiny_model(
     `overrides` go to `tiny_config` (text fields, or `vision_*` fields). Weights are random,
     drawn from `seed`; `dtype` is the dtype they are saved in. The video processor keeps frames
     within [video_min_pixels, video_max_pixels] (Qwen's smart resize, sides multiples of 28) so
-    that a test video gives a handful of video tokens.
+    that a test video gives a handful of video tokens. `extra_corpus`: more text for the
+    tokenizer's merges (the trained model's chains of thought).
     """
     from transformers import (
         GenerationConfig,
@@ -207,7 +219,7 @@ def build_tiny_model(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(bpe_vocab_size)
+    tokenizer = _build_tokenizer(bpe_vocab_size, tuple(extra_corpus))
     config = tiny_config(tokenizer, **overrides)
     if config.text_config.vocab_size < len(tokenizer):
         raise ValueError(f"vocab_size {config.text_config.vocab_size} < tokenizer size {len(tokenizer)}")
