@@ -47,6 +47,12 @@ def tiny(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0))
 
 
+def children() -> set[str]:
+    """This process's child pids, zombies included (Linux)."""
+    tasks = Path("/proc/self/task")
+    return {pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()}
+
+
 def block_forever(self, *args, **kwargs):
     threading.Event().wait()
 
@@ -55,9 +61,11 @@ def block_forever(self, *args, **kwargs):
 
 def test_a_read_that_never_returns_is_abandoned_with_one_line(monkeypatch, clips):
     monkeypatch.setattr(readers.DecordSource, "__init__", block_forever)
+    before = children()
     with pytest.raises(VideoError) as err:
         load_video(clips["twenty"], num_frames=4, video_reader="decord", video_timeout=1)
     assert str(err.value) == "video read timed out after 1 s"
+    assert children() == before  # the stuck child was killed and reaped, not left behind
     # auto: the stuck decord read is abandoned and PyAV answers, with decord's frames.
     monkeypatch.undo()
     expected, _ = load_video(clips["twenty"], num_frames=4, video_reader="decord", video_timeout=0)
