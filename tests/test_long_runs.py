@@ -378,3 +378,16 @@ def test_a_second_out_of_memory_is_an_error_record_and_the_next_sample_runs(monk
     assert first["retried_with"] == 4 and first["num_frames"] == 4
     assert second["error"] is None and second["retried_with"] is None and second["num_frames"] == 8
     assert second["video_reader"] == "decord" and second["from_cache"] is False
+
+
+def test_no_child_to_fork_reads_here_without_the_limit(monkeypatch, clips):
+    from vreason.data import timeout
+
+    expected, _ = load_video(clips["twenty"], num_frames=4, video_timeout=0)
+
+    def no_fork():
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(timeout.os, "fork", no_fork)
+    frames, _ = load_video(clips["twenty"], num_frames=4, video_timeout=5)
+    assert torch.equal(frames, expected)

@@ -10,6 +10,7 @@ also becomes a one-line error instead of taking the run with it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import select
@@ -18,6 +19,8 @@ import time
 from typing import Any, Callable
 
 from vreason.data.errors import VideoError
+
+log = logging.getLogger(__name__)
 
 
 def _child(write_fd: int, fn: Callable[..., Any], args: tuple) -> None:
@@ -44,7 +47,13 @@ def call_with_timeout(fn: Callable[..., Any], args: tuple, seconds: float, what:
     if not seconds:
         return fn(*args)
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # no memory or process slot for a child: read here, without the limit
+        os.close(read_fd)
+        os.close(write_fd)
+        log.warning("cannot fork a reader (%s); reading without a time limit", exc)
+        return fn(*args)
     if pid == 0:  # the child: never returns into the caller's code
         status = 1
         try:
