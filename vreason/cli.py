@@ -1,6 +1,6 @@
 """The `vreason` command: `predict` (LightningCLI over the module and the benchmark data), `demo`
-(the tiny offline model on a synthetic benchmark, baseline against V-Reason) and `synth` (writes a
-synthetic benchmark).
+(the trained tiny model on a synthetic benchmark, baseline against V-Reason; `vreason/demo.py`),
+`synth` (writes a synthetic benchmark) and `train-tiny` (trains the tiny model; `vreason/training/`).
 
 A run that completes exits 0, also when some samples were error samples (they are counted in the
 summary). A bad configuration, an unreadable benchmark file or a model folder that cannot be
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,14 +18,17 @@ from typing import Optional, Sequence
 # The evaluation trainer is defined once, in trainer.py (the demo and the tests use it too).
 from vreason.trainer import TRAINER_DEFAULTS, eval_callbacks, eval_logger, eval_trainer  # noqa: F401
 
-USAGE = """usage: vreason {predict,demo,synth,doctor} ...
+USAGE = """usage: vreason {predict,demo,synth,train-tiny,doctor} ...
 
   vreason predict -c CONFIG.yaml [--model.* --data.* --trainer.*]
         evaluate a model over protocol benchmark files (`vreason predict --help` for every key)
-  vreason demo [--out DIR]
-        tiny offline model + synthetic benchmark on CPU: baseline (off) vs V-Reason (switch)
+  vreason demo [--out DIR] [--random]
+        the shipped trained tiny model on fresh synthetic questions (CPU): off vs switch vs switch+lite
+        (+ minimize, maximize)
   vreason synth --out DIR [--n N] [--seed S] [--with-errors]
-        write a synthetic benchmark (videos + eval_Synthetic.json)
+        write a synthetic benchmark (videos + eval_Synthetic.json) of the kind the trained tiny model learned
+  vreason train-tiny --out DIR [--seed S] [--steps N]
+        train the tiny model on synthetic questions with chains of thought (CPU, TensorBoard loss curves)
   vreason doctor [--device cpu|cuda]
         print the environment and check the compiled ops and a tiny model on this machine (run it first on a GPU)
 """
@@ -126,103 +128,51 @@ def predict(args: Sequence[str]) -> int:
 # demo and synth
 
 
-DEMO_MODES = ("off", "switch")
-
-
 def demo(args: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="vreason demo", description=(
-        "Build a tiny offline Qwen2.5-VL and a synthetic video benchmark, evaluate plain decoding (off) "
-        "and V-Reason (switch) through trainer.predict on CPU, and print the comparison."))
-    parser.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
-    parser.add_argument("--n", type=int, default=12, help="number of synthetic samples (default: 12)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default: 64)")
-    parser.add_argument("--seed", type=int, default=0)
-    try:
-        opts = parser.parse_args(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if opts.n < 1 or opts.max_new_tokens < 1:
-        return _fail("demo", "--n and --max-new-tokens must be >= 1", EXIT_CONFIG)
-    started = time.perf_counter()
-    import torch
+    from vreason.demo import demo as run_demo
 
-    from vreason.plots import entropy_curve_figure, figure_image
-    from vreason.config import ControllerConfig, DecodeConfig
-    from vreason.data.datamodule import BenchmarkDataModule
-    from vreason.data.synthetic import write_synthetic_benchmark
-    from vreason.models.tiny import build_tiny_model
-    from vreason.module import VReasonModule
-
-    # Two cores are shared with the data loading; more threads only contend.
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    out = Path(opts.out)
-    model_dir = out / "model"
-    if not (model_dir / "config.json").is_file():
-        build_tiny_model(model_dir, seed=opts.seed)
-    bench = out / "data" / "eval_Synthetic.json"
-    if not bench.is_file():
-        bench = write_synthetic_benchmark(out / "data", n=opts.n, seed=opts.seed, num_frames=8)
-    summaries = {}
-    for mode in DEMO_MODES:
-        module = VReasonModule(str(model_dir), controller=ControllerConfig(mode=mode),
-                               decode=DecodeConfig(max_new_tokens=opts.max_new_tokens, seed=opts.seed), plot_samples=2)
-        data = BenchmarkDataModule(files=[str(bench)], model_path=str(model_dir), num_frames=4, max_pixels=64 * 28 * 28)
-        trainer = eval_trainer(out / mode)
-        trainer.predict(module, datamodule=data, return_predictions=False)
-        summaries[mode] = next(c for c in trainer.callbacks if hasattr(c, "summary")).summary
-
-    # One figure with both modes' curves, as the paper compares models and modes.
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(out / "compare"))
-    for name in summaries[DEMO_MODES[0]]["benchmarks"]:
-        curves = {m: s["benchmarks"][name]["entropy_curve"] for m, s in summaries.items() if name in s["benchmarks"]}
-        writer.add_image(f"entropy_curve/{name}", figure_image(entropy_curve_figure(curves, title=f"{name}: off vs switch")), 0,
-                         dataformats="HWC")
-    writer.close()
-    print(comparison_table(summaries))
-    print("\nThe tiny model has random weights: scores near 0 are expected. The demo shows the pipeline "
-          "(predictions, protocol files, summaries, TensorBoard) and the controller's cost, not accuracy.")
-    print(f"\n{sum(s['overall']['n'] for s in summaries.values()) // len(summaries)} samples per mode, "
-          f"{time.perf_counter() - started:.0f} s. Outputs under {out}/: <mode>/results, <mode>/summary.md, "
-          f"<mode>/predictions; TensorBoard: tensorboard --logdir {out}")
-    return 0
+    return run_demo(args)
 
 
 def comparison_table(summaries: dict[str, dict]) -> str:
-    """Markdown table, one row per mode: score, MRA, mean output tokens, latency, errors."""
-    def pct(x: Optional[float]) -> str:
-        return "–" if x is None else f"{100 * x:.1f}"
+    """Markdown table, one row per mode (`vreason.demo.comparison_table`)."""
+    from vreason.demo import comparison_table as table
 
-    lines = ["| mode | n | score (%) | MRA (%) | mean output tokens | latency (s/sample) | tokens/s | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for mode, s in summaries.items():
-        o = s["overall"]
-        mra = [r["mean_mra"] for r in s["benchmarks"].values() if r.get("mean_mra") is not None]
-        acc = [r["mean_acc"] for r in s["benchmarks"].values() if r.get("mean_acc") is not None]
-        lines.append(
-            f"| {mode} | {o['n']} | {pct(sum(acc) / len(acc) if acc else None)} | {pct(sum(mra) / len(mra) if mra else None)} | "
-            f"{o['mean_tokens']:.1f} | {o['mean_latency_s']:.3f} | {o['tokens_per_s'] or 0:.1f} | {o['n_errors']} |"
-        )
-    return "\n".join(lines)
+    return table(summaries)
+
+
+def train_tiny(args: Sequence[str]) -> int:
+    from vreason.training.train_tiny import main as run_training
+
+    try:
+        return int(run_training(args) or 0)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except ValueError as exc:
+        return _fail("train-tiny", exc, EXIT_CONFIG)
+    except OSError as exc:
+        return _fail("train-tiny", exc, EXIT_INPUT)
 
 
 def synth(args: Sequence[str]) -> int:
+    from vreason.data.synthetic import TRAINED_CLIPS, write_synthetic_benchmark
+
     parser = argparse.ArgumentParser(prog="vreason synth", description="Write a synthetic benchmark in the protocol format.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--n", type=int, default=12, help="number of samples (default: 12)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-frames", type=int, default=24, help="frames per clip (default: 24)")
+    parser.add_argument("--num-frames", type=int, default=TRAINED_CLIPS["num_frames"],
+                        help=f"frames per clip (default: {TRAINED_CLIPS['num_frames']}, as the trained tiny model saw)")
+    parser.add_argument("--size", type=int, default=TRAINED_CLIPS["size"],
+                        help=f"frame side in pixels, a multiple of 8 (default: {TRAINED_CLIPS['size']})")
     parser.add_argument("--with-errors", action="store_true", help="append a missing and a truncated video")
     try:
         opts = parser.parse_args(list(args))
     except SystemExit as exc:
         return int(exc.code or 0)
-    from vreason.data.synthetic import write_synthetic_benchmark
-
     try:
         path = write_synthetic_benchmark(opts.out, n=opts.n, seed=opts.seed, num_frames=opts.num_frames,
-                                         with_errors=opts.with_errors)
+                                         size=opts.size, fps=TRAINED_CLIPS["fps"], with_errors=opts.with_errors)
     except (ValueError, OSError) as exc:
         return _fail("synth", exc, EXIT_CONFIG if isinstance(exc, ValueError) else EXIT_INPUT)
     print(path)
@@ -235,7 +185,7 @@ def doctor(args: Sequence[str]) -> int:
     return run_doctor(args)
 
 
-COMMANDS = {"predict": predict, "demo": demo, "synth": synth, "doctor": doctor}
+COMMANDS = {"predict": predict, "demo": demo, "synth": synth, "train-tiny": train_tiny, "doctor": doctor}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
