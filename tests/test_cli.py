@@ -128,7 +128,7 @@ def test_synth_writes_a_benchmark(tmp_path, capsys):
 
 def test_unknown_command_and_help(capsys):
     assert main(["train"]) == 2
-    assert error_line(capsys) == "vreason train: error: unknown command 'train'; use one of: predict, demo, synth, doctor"
+    assert error_line(capsys) == "vreason train: error: unknown command 'train'; use one of: predict, demo, synth, train-tiny, doctor"
     assert main([]) == 2 and main(["--help"]) == 0
 
 

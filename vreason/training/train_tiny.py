@@ -16,13 +16,13 @@ from typing import Optional, Sequence
 
 # Sizes of the shipped model (**ours**, from short pilot runs on 2 CPU cores): large enough to
 # ground direction, colour and count in a few minutes, small enough to ship in a few MB.
-TRAINED_SIZES = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+TRAINED_SIZES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=2, vision_depth=2, vision_hidden_size=64, vision_intermediate_size=128,
                      vision_num_heads=2)
 BPE_VOCAB = 1000  # the chains' and the prompt's words become single tokens
 
 
-def train_tiny(out: str | Path, seed: int = 0, steps: int = 1200, pool: int = 1200, batch_size: int = 8,
+def train_tiny(out: str | Path, seed: int = 0, steps: int = 1800, pool: int = 3000, batch_size: int = 16,
                lr: float = 2e-3, threads: int = 1, progress_bar: bool = True, max_minutes: Optional[float] = None,
                **sizes) -> Path:
     """Train and return the checkpoint folder `<out>/model` (TensorBoard under `<out>/tb`).
@@ -56,7 +56,7 @@ def train_tiny(out: str | Path, seed: int = 0, steps: int = 1200, pool: int = 12
     limit = None if max_minutes is None else {"minutes": max_minutes}
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=1, deterministic=True, max_time=limit,
                         gradient_clip_val=1.0, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=progress_bar, log_every_n_steps=5,
+                        enable_progress_bar=progress_bar, log_every_n_steps=min(5, steps),
                         logger=TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False))
     trainer.fit(module, train_dataloaders=loader)
     module.save(model_dir)
@@ -75,9 +75,9 @@ def main(args: Sequence[str]) -> Optional[int]:
         "OUT/model (a checkpoint folder for --model.model_path), OUT/tb (TensorBoard) and OUT/training.json."))
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps (default: 1200)")
-    parser.add_argument("--pool", type=int, default=1200, help="distinct training clips (default: 1200)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps (default: 1800)")
+    parser.add_argument("--pool", type=int, default=3000, help="distinct training clips (default: 3000)")
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1; see README)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop early after this long (a guard)")
