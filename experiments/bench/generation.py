@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+_METADATA_OPS: set = set()  # filled in the worker: aten ops that only make views
+
 SHAPES = dict(
     hidden_size=3584,
     num_attention_heads=28,
@@ -99,7 +101,12 @@ def worker(args) -> dict:
     timed_hooks(model.lm_head, "lm_head")
     original_round = ValueController.round
 
+    # Where each round falls among the component timings: its floor is priced with the layer and
+    # lm_head calls of the forward just before it, run moments earlier under the same load.
+    round_marks: list[tuple[int, int]] = []
+
     def timed_round(self, *a, **k):
+        round_marks.append((len(timings["layer"]), len(timings["lm_head"])))
         t = time.perf_counter()
         out = original_round(self, *a, **k)
         timings["round"].append(time.perf_counter() - t)
@@ -133,6 +140,7 @@ def worker(args) -> dict:
         t_lm_head=statistics.median(timings["lm_head"][1:]),
         t_round=statistics.median(timings["round"]) if timings["round"] else 0.0,
         rounds=len(timings["round"]),
+        round_over_floor=_round_over_floor(timings, round_marks, n_layers),
         skipped=result.skipped_rounds,
         rss_before_mb=rss_before,
         peak_generate_mb=_vm_hwm_mb(),
@@ -143,39 +151,59 @@ def worker(args) -> dict:
     return row
 
 
+def _round_over_floor(timings, round_marks, n_layers) -> float:
+    """Median over rounds of t_round / (2·t_lm_head + 2·t_layer), each round against the
+    one-token forward that produced its logits (the first round, after the prefill, is left out)."""
+    ratios = []
+    for t_round, (n_layer_calls, n_lm_calls) in zip(timings["round"], round_marks):
+        layers = timings["layer"][n_layer_calls - n_layers:n_layer_calls]
+        if n_lm_calls < 2 or len(layers) < n_layers:
+            continue
+        ratios.append(t_round / (2 * timings["lm_head"][n_lm_calls - 1] + 2 * statistics.median(layers)))
+    return statistics.median(ratios) if ratios else float("nan")
+
+
 def _count_ops(args, model, inputs, timings) -> dict:
-    """Tensor operations dispatched per round and per decode token (on a GPU, each is a kernel
-    launch), counted with a dispatch mode over a short separate run: the mode's Python overhead
-    must not reach the timed run."""
+    """Tensor operations dispatched per round and per decode token, counted with a dispatch mode
+    over a short separate run (the mode's Python overhead must not reach the timed run): all of
+    them, and the kernels alone (views and other metadata-only operations left out; on a GPU each
+    kernel is a launch)."""
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    import torch
 
     from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
     from vreason.controller import ValueController
+
+    _METADATA_OPS.update({torch.ops.aten._unsafe_view.default, torch.ops.aten.split.Tensor})
 
     class OpCounter(TorchDispatchMode):
         def __init__(self):
             super().__init__()
             self.count = 0
+            self.kernels = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.count += 1
+            self.kernels += not (func.is_view or func in _METADATA_OPS)
             return func(*args, **(kwargs or {}))
 
     counter = OpCounter()
-    marks: dict[str, list[int]] = {"round": [], "forward": []}
+    marks: dict[str, list] = {"round": [], "forward": []}
     timed_round = ValueController.round
 
     def counted_round(self, *a, **k):
-        before = counter.count
+        before = (counter.count, counter.kernels)
         out = timed_round(self, *a, **k)
-        marks["round"].append(counter.count - before)
+        marks["round"].append((counter.count - before[0], counter.kernels - before[1]))
         return out
 
     def pre(*_a, **_k):
-        marks["forward"].append(counter.count)
+        marks["forward"].append((counter.count, counter.kernels))
 
     def post(*_a, **_k):
-        marks["forward"][-1] = counter.count - marks["forward"][-1]
+        start = marks["forward"][-1]
+        marks["forward"][-1] = (counter.count - start[0], counter.kernels - start[1])
 
     ValueController.round = counted_round
     handles = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
@@ -190,10 +218,14 @@ def _count_ops(args, model, inputs, timings) -> dict:
         for h in handles:
             h.remove()
         timings.update(saved)
-    rounds = marks["round"]
-    # Everything but the prefill's forward and the rounds, per generated token.
-    per_token = (counter.count - marks["forward"][0] - sum(rounds)) / result.num_new_tokens
-    return dict(ops_round=statistics.median(rounds) if rounds else 0, ops_token=per_token)
+    out = {}
+    for i, key in enumerate(("ops", "kernels")):
+        rounds = [r[i] for r in marks["round"]]
+        total = (counter.count, counter.kernels)[i]
+        # Everything but the prefill's forward and the rounds, per generated token.
+        out[f"{key}_token"] = (total - marks["forward"][0][i] - sum(rounds)) / result.num_new_tokens
+        out[f"{key}_round"] = statistics.median(rounds) if rounds else 0
+    return out
 
 
 def main() -> None:
@@ -234,23 +266,24 @@ def main() -> None:
           f"prompt {off['prompt_tokens']} tokens of which {off['video_tokens']} video; {off['new_tokens']} new tokens; "
           f"switch: every_k={args.every_k}, steps={args.steps}")
     print()
-    print("| mode | prefill s | s/token | t_layer ms | t_lm_head ms | t_round ms | rounds | ops/round | ops/token "
-          "| peak RSS MB (process) | peak RSS MB (generate) | load avg after |")
+    print("| mode | prefill s | s/token | t_layer ms | t_lm_head ms | t_round ms | rounds | ops (kernels) / round "
+          "| ops (kernels) / token | peak RSS MB (process) | peak RSS MB (generate) | load avg after |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, r in rows.items():
         print(f"| {label} | {r['prefill_s']:.2f} | {r['t_token']:.4f} | {1e3 * r['t_layer']:.2f} | {1e3 * r['t_lm_head']:.2f} | "
-              f"{1e3 * r['t_round']:.2f} | {r['rounds']} | {r['ops_round']:.0f} | {r['ops_token']:.0f} "
+              f"{1e3 * r['t_round']:.2f} | {r['rounds']} | {r['ops_round']:.0f} ({r['kernels_round']:.0f}) "
+              f"| {r['ops_token']:.0f} ({r['kernels_token']:.0f}) "
               f"| {r['peak_process_mb']:.0f} | {r['peak_generate_mb']:.0f} | {r['load']:.2f} |")
     print()
-    floor = 2 * sw["t_lm_head"] + 2 * sw["t_layer"]
-    print(f"round vs its floor (switch process): t_round / (2*t_lm_head + 2*t_layer) = {1e3 * sw['t_round']:.1f} / "
-          f"{1e3 * floor:.1f} = {sw['t_round'] / floor:.3f}   target <= 1.2")
+    print(f"round vs its floor, t_round / (2*t_lm_head + 2*t_layer), median over rounds, each against the forward "
+          f"just before it: {sw['round_over_floor']:.3f}   target <= 1.2")
     if "switch steps=2" in rows:
         s2 = rows["switch steps=2"]
-        step_floor = 2 * s2["t_lm_head"] + 2 * s2["t_layer"]
-        print(f"second step (steps=2 process): t_round(2) - t_round(1) = {1e3 * (s2['t_round'] - sw['t_round']):.1f} ms vs "
-              f"one tail + lm_head fwd+bwd ~ 2*t_lm_head + 2*t_layer = {1e3 * step_floor:.1f} ms")
-    print(f"ops dispatched: {off['ops_token']:.0f} per plain decode token (off), {sw['ops_round']:.0f} per round (switch)")
+        print(f"steps=2, same measure: {s2['round_over_floor']:.3f}; the second step costs "
+              f"{s2['round_over_floor'] - sw['round_over_floor']:.3f} floors (one tail + one lm_head fwd+bwd "
+              "<= 2*t_lm_head + 2*t_layer: target <= 1.0)")
+    print(f"ops dispatched (kernels): {off['ops_token']:.0f} ({off['kernels_token']:.0f}) per plain decode token (off), "
+          f"{sw['ops_round']:.0f} ({sw['kernels_round']:.0f}) per round (switch)")
     print()
     n_layers = SHAPES["num_hidden_layers"]
     mem = sw["peak_process_mb"] / off["peak_process_mb"]
@@ -267,7 +300,7 @@ def main() -> None:
         base = t_rest + FULL_LAYERS * t_layer
         ratio = (base + sw["t_round"] / args.every_k) / base
         print(f"  [{label}] ({1e3 * t_rest:.1f} + 28*{1e3 * t_layer:.2f} + {1e3 * sw['t_round']:.1f}/{args.every_k}) / "
-              f"({1e3 * t_rest:.1f} + 28*{1e3 * t_layer:.2f}) = {ratio:.3f}   target <= 1.15")
+              f"({1e3 * t_rest:.1f} + 28*{1e3 * t_layer:.2f}) = {ratio:.3f}   target <= 1.10")
 
 
 if __name__ == "__main__":
