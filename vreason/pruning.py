@@ -1,4 +1,4 @@
-"""V-Reason (Lite), METHOD.md §2.7: after prefill, drop low value-norm video tokens from the cache.
+"""V-Reason (Lite), docs/method.md §2.7: after prefill, drop low value-norm video tokens from the cache.
 
 In every layer independently, the video tokens are ranked by the L2 norm of their value vectors
 taken over all KV heads and head_dim together; the `floor(r · n_video)` smallest are removed
