@@ -149,8 +149,6 @@ def brute_force_gradient(model, adapter, pre, layer_input, v0, delta0, alpha):
                          cases([(0, 0.0, 1.0), (2, 0.5, -1.0)], [(2, 0.0, -1.0)]))
 def test_exact_gradient_equals_autograd_through_the_real_layer(tiny, family, decode_steps, prune_ratio, alpha):
     _, model, processor = tiny(family)
-    if prune_ratio and family == "qwen3_5":
-        prune_ratio = 0.0  # Lite is refused for Qwen3.5 (test_lite_...): a plain prefill instead
     adapter, pre, layer_input, logits, *_ = prefill_state(model, processor, decode_steps, prune_ratio)
     ctrl = ValueController(adapter, ControllerConfig(), pre.cache, pre.video_positions)
     a = torch.tensor(alpha)
@@ -193,17 +191,17 @@ def test_lite_keeps_the_highest_norm_rows_and_ratio_zero_changes_nothing(tiny, f
     base = VReasonGenerator(model, ControllerConfig(**cfg), DecodeConfig(max_new_tokens=6)).generate(**inputs)
     zero = VReasonGenerator(model, ControllerConfig(**cfg, prune_ratio=0.0), DecodeConfig(max_new_tokens=6)).generate(**inputs)
     assert torch.equal(base.sequences, zero.sequences) and torch.equal(base.entropy_after, zero.entropy_after)
-    if family == "qwen3_5":  # linear-attention layers cannot drop tokens: a clear refusal
-        with pytest.raises(ValueError, match=r"Lite \(prune_ratio > 0\) is not supported for Qwen3.5"):
-            VReasonGenerator(model, ControllerConfig(**cfg, prune_ratio=0.5), DecodeConfig(max_new_tokens=2)).generate(**inputs)
-        return
     with torch.no_grad():
         full = adapter.prefill(inputs)
         pruned = adapter.prefill(inputs)
         kept = prune_video_tokens(adapter, pruned.cache, pruned.video_positions, 0.5)
     video = full.video_positions
     n_keep = video.numel() - video.numel() // 2
-    for layer in range(adapter.num_layers):
+    layers = list(adapter.kv_layers())
+    # Only layers with a per-token cache are pruned (Qwen3.5: its full-attention layers), the last one among them.
+    assert layers[-1] == adapter.num_layers - 1 and len(kept) == len(layers)
+    assert (len(layers) < adapter.num_layers) == (family == "qwen3_5")
+    for i, layer in enumerate(layers):
         keys, values = adapter.cache_kv(full.cache, layer)
         norms = values[0][:, video].float().square().sum(dim=(0, 2))
         top = video[torch.sort(norms, descending=True, stable=True).indices[:n_keep]].sort().values
@@ -212,24 +210,9 @@ def test_lite_keeps_the_highest_norm_rows_and_ratio_zero_changes_nothing(tiny, f
         keep[top] = True
         pk, pv = adapter.cache_kv(pruned.cache, layer)
         assert torch.equal(pk, keys[..., keep, :]) and torch.equal(pv, values[..., keep, :])
-        assert kept[layer].numel() == n_keep
+        assert kept[i].numel() == n_keep
     lite = VReasonGenerator(model, ControllerConfig(**cfg, prune_ratio=0.5), DecodeConfig(max_new_tokens=6)).generate(**inputs)
     assert lite.num_video_tokens_kept == n_keep and lite.num_new_tokens == 6
-
-
-class KvLayersView:
-    """The adapter as Lite would see it once the generator prunes `adapter.kv_layers()`: layer i is
-    the adapter's i-th layer with a key/value cache."""
-
-    def __init__(self, adapter):
-        self.adapter, self.layers = adapter, adapter.kv_layers()
-        self.num_layers = len(self.layers)
-
-    def cache_kv(self, cache, layer):
-        return self.adapter.cache_kv(cache, self.layers[layer])
-
-    def set_cache_kv(self, cache, layer, keys, values):
-        self.adapter.set_cache_kv(cache, self.layers[layer], keys, values)
 
 
 def test_qwen3_5_lite_prunes_the_full_attention_layers_and_rewinds_the_recurrent_states(tiny):
@@ -253,11 +236,11 @@ def test_qwen3_5_lite_prunes_the_full_attention_layers_and_rewinds_the_recurrent
         # Lite over the full-attention layers: their highest-norm video rows stay, the rest of
         # every cache row is untouched, and the re-run gives finite logits over the pruned cache.
         pruned = adapter.prefill(inputs)
-        view = KvLayersView(adapter)
-        assert view.layers == tuple(i for i, t in enumerate(model.config.text_config.layer_types) if t == "full_attention")
-        kept = prune_video_tokens(view, pruned.cache, pruned.video_positions, 0.5)
+        layers = tuple(adapter.kv_layers())
+        assert layers == tuple(i for i, t in enumerate(model.config.text_config.layer_types) if t == "full_attention")
+        kept = prune_video_tokens(adapter, pruned.cache, pruned.video_positions, 0.5)
         video, n_keep = pruned.video_positions, pruned.video_positions.numel() - pruned.video_positions.numel() // 2
-        for i, layer in enumerate(view.layers):
+        for i, layer in enumerate(layers):
             keys, values = adapter.cache_kv(plain.cache, layer)
             keys, values = keys[..., : ids.shape[1], :], values[..., : ids.shape[1], :]  # the prompt's rows
             norms = values[0][:, video].float().square().sum(dim=(0, 2))
@@ -267,7 +250,7 @@ def test_qwen3_5_lite_prunes_the_full_attention_layers_and_rewinds_the_recurrent
             assert torch.equal(adapter.cache_kv(pruned.cache, layer)[1], values[..., keep, :]) and kept[i].numel() == n_keep
         lite = adapter.rerun_last_prompt_token(pruned.cache, ids, pruned.next_position_ids - 1)
         assert torch.isfinite(lite).all() and not torch.allclose(lite, plain.logits, atol=1e-6)
-        assert adapter.cache_kv(pruned.cache, view.layers[-1])[1].shape[-2] == ids.shape[1] - (video.numel() - n_keep)
+        assert adapter.cache_kv(pruned.cache, layers[-1])[1].shape[-2] == ids.shape[1] - (video.numel() - n_keep)
 
 
 # ---- the command ------------------------------------------------------------------------------------
@@ -276,7 +259,7 @@ def test_qwen3_5_lite_prunes_the_full_attention_layers_and_rewinds_the_recurrent
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vreason_predict_runs_the_synthetic_benchmark(tiny, family, tmp_path):
     path, _, _ = tiny(family)
-    lite = "0.0" if family == "qwen3_5" else "0.5"
+    lite = "0.5"
     bench = write_synthetic_benchmark(tmp_path / "data", n=2, seed=2, num_frames=8)
     args = ["predict", "--model.model_path", str(path), "--data.files", f"[{bench}]", "--data.num_frames", "4",
             "--data.max_pixels", str(112 * 112), "--model.decode.max_new_tokens", "6",
@@ -288,7 +271,12 @@ def test_vreason_predict_runs_the_synthetic_benchmark(tiny, family, tmp_path):
     assert row["n"] == 2 and row["n_errors"] == 0
     records = [json.loads(l) for l in (tmp_path / "out" / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()]
     assert all(len(r["entropy"]) == r["num_new_tokens"] > 0 for r in records), records
-    assert all((r["num_video_tokens_kept"] < r["num_video_tokens"]) == (lite != "0.0") for r in records), records
+    assert all(r["num_video_tokens_kept"] < r["num_video_tokens"] for r in records), records
+    layers = {(r["lite_layers"], r["num_layers"]) for r in records}
+    hybrid = family == "qwen3_5"
+    assert len(layers) == 1 and (lambda p, t: (p < t) == hybrid and p > 0)(*layers.pop())
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert ("Lite dropped video tokens from" in summary) == hybrid
 
 
 def test_qwen3_vl_prompt_timestamps_are_the_sampled_frames_times(tiny, tmp_path):

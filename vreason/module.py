@@ -245,6 +245,8 @@ class VReasonModule(LightningModule):
             "prompt_length": int(getattr(result, "prompt_length", 0) or 0),
             "num_video_tokens": int(getattr(result, "num_video_tokens", 0) or 0),
             "num_video_tokens_kept": int(getattr(result, "num_video_tokens_kept", 0) or 0),
+            "lite_layers": int(getattr(result, "lite_layers", 0) or 0),
+            "num_layers": int(getattr(result, "num_layers", 0) or 0),
             "skipped_rounds": int(getattr(result, "skipped_rounds", 0) or 0),
             "stop_reason": getattr(result, "stop_reason", None),
             "latency_s": round(latency, 6),

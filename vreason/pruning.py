@@ -33,14 +33,20 @@ def num_pruned(n_video: int, ratio: float) -> int:
 def prune_video_tokens(
     adapter: DecoderAdapter, cache, video_positions: torch.Tensor, ratio: float
 ) -> list[torch.Tensor]:
-    """Prune every layer's cache in place; return, per layer, the cache indices of the kept video
-    tokens after pruning (1-D int64, ascending). With nothing to drop the cache is untouched."""
+    """Prune the cache of every layer in `adapter.kv_layers()` in place (all layers of a plain
+    decoder; the attention layers of a hybrid one, whose recurrent layers hold no per-token
+    entries to drop); return, per pruned layer in that order, the cache indices of its kept video
+    tokens (1-D int64, ascending; the last entry is the last layer's, which the controller covers).
+    With nothing to drop the cache is untouched."""
+    layers = list(adapter.kv_layers())
+    if not layers or layers[-1] != adapter.num_layers - 1:
+        raise ValueError("Lite needs the last decoder layer among the layers with a key/value cache")
     n_video = int(video_positions.numel())
     n_drop = num_pruned(n_video, ratio)
     if n_drop == 0:
-        return [video_positions for _ in range(adapter.num_layers)]
+        return [video_positions for _ in layers]
     kept_video_index = []
-    for layer in range(adapter.num_layers):
+    for layer in layers:
         keys, values = adapter.cache_kv(cache, layer)
         seq = keys.shape[-2]
         video_values = values.index_select(-2, video_positions).float()  # [1, kv, n_video, head_dim]
@@ -63,9 +69,7 @@ def prune_video_tokens(
 def rerun_last_prompt_token(
     adapter: DecoderAdapter, cache, input_ids: torch.Tensor, last_position_ids: torch.Tensor
 ) -> torch.Tensor:
-    """Drop the last prompt token's entries from every layer and feed it again at its own
-    position over the (pruned) cache; return its next-token logits `[1, vocab]`."""
-    for layer in range(adapter.num_layers):
-        keys, values = adapter.cache_kv(cache, layer)
-        adapter.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
-    return adapter.decode_step(input_ids[:, -1:], cache, last_position_ids)
+    """Run the last prompt token again over the pruned cache (the adapter's
+    `rerun_last_prompt_token`: its entries dropped, state the token entered rewound where a
+    family has such state); return its next-token logits `[1, vocab]`."""
+    return adapter.rerun_last_prompt_token(cache, input_ids, last_position_ids)

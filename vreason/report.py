@@ -81,11 +81,20 @@ def merge_predictions(root: str | Path, run_info: Optional[dict] = None, max_tok
         final_acc = {"mean_acc": _protocol_number(row.get("mean_acc")), "mean_mra": _protocol_number(row.get("mean_mra"))}
         payload = {"results": [protocol_result(r) for r in recs], "final_acc": [final_acc]}
         write_atomic(root / RESULTS_DIR / f"eval_{safe_name(bench)}.json", json.dumps(payload, ensure_ascii=False, indent=2))
-    summary = {**(run_info or {}), **summary}
+    summary = {**(run_info or {}), **summary, **lite_coverage(records)}
     write_atomic(root / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False, default=json_default))
     write_atomic(root / "summary.md", summary_markdown(summary))
     summary["_records"] = records
     return summary
+
+
+def lite_coverage(records_by_bench: dict[str, list[dict]]) -> dict:
+    """`{"lite_layers": [pruned, total]}` when Lite pruned fewer than all layers' caches (a hybrid
+    decoder's recurrent layers hold no per-token entries), so the summary says it; else nothing."""
+    seen = {(int(r.get("lite_layers") or 0), int(r.get("num_layers") or 0))
+            for recs in records_by_bench.values() for r in recs if r.get("lite_layers")}
+    partial = sorted((pruned, total) for pruned, total in seen if pruned < total)
+    return {"lite_layers": list(partial[0])} if partial else {}
 
 
 def metrics_disagreement(live: dict, summary: dict) -> list[str]:
@@ -143,4 +152,8 @@ def summary_markdown(summary: dict) -> str:
         "Error samples count as score 0.",
         "",
     ]
+    if summary.get("lite_layers"):
+        pruned, total = summary["lite_layers"]
+        lines += [f"Lite dropped video tokens from {pruned} of {total} layers' caches: the model's other layers "
+                  "are recurrent (linear attention) and keep no per-token entries to drop.", ""]
     return "\n".join(lines)

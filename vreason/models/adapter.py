@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 
 if TYPE_CHECKING:  # only for annotations: the interface imports no implementation
     from vreason.tail import DenseTail, TailActivations
 
-__all__ = ["DecoderAdapter", "LayerInput", "LayerInputCapture", "Prefill"]
+__all__ = ["BatchPrefill", "DecoderAdapter", "LayerInput", "LayerInputCapture", "Prefill"]
 
 
 @dataclass
@@ -52,6 +52,17 @@ class Prefill:
     video_positions: torch.Tensor  # 1-D int64, prompt indices of the video (else image) tokens
 
 
+@dataclass
+class BatchPrefill:
+    """The prompt forward of a left-padded batch of B samples (`DecoderAdapter.prefill_batch`)."""
+
+    logits: torch.Tensor  # [B, vocab], model dtype: each row's first new token's distribution
+    cache: object  # the model's KV cache, [B, kv_heads, seq, head_dim] per layer, padding included
+    next_position_ids: torch.Tensor  # [P, B, 1]: each row's first generated token's positions
+    attention_mask: torch.Tensor  # [B, seq] int: 0 at each row's left padding
+    visual_positions: list  # per row, 1-D int64 indices (in the padded row) of its video (else image) tokens
+
+
 class DecoderAdapter(ABC):
     """A causal vision-language decoder seen as: prefill, one-token decode steps, a KV cache of
     `[batch, kv_heads, seq, head_dim]` tensors per layer, and the last decoder layer split into the
@@ -83,7 +94,8 @@ class DecoderAdapter(ABC):
 
     @abstractmethod
     def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor) -> torch.Tensor:
-        """Feed one token `[1, 1]` at `position_ids`; return its next-token logits `[1, vocab]`."""
+        """Feed one token `[1, 1]` at `position_ids`; return its next-token logits `[1, vocab]`.
+        A batching family also takes `[B, 1]` tokens with an `attention_mask=` `[B, seq + 1]`."""
 
     @abstractmethod
     def cache_kv(self, cache: object, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +109,21 @@ class DecoderAdapter(ABC):
     @abstractmethod
     def num_layers(self) -> int: ...
 
+    def kv_layers(self) -> Sequence[int]:
+        """The layers with a per-token key/value cache, the ones Lite prunes: all of them in a
+        plain decoder; a hybrid decoder (recurrent layers beside attention) lists its attention
+        layers, and the last layer must be one of them (the controller acts there)."""
+        return range(self.num_layers)
+
+    def rerun_last_prompt_token(self, cache: object, input_ids: torch.Tensor, last_position_ids: torch.Tensor) -> torch.Tensor:
+        """After Lite: drop the last prompt token's entries from every `kv_layers()` cache and feed
+        it again at its own position over the pruned cache; return its logits `[1, vocab]`. A
+        family whose other layers hold state the token already entered must rewind it first."""
+        for layer in self.kv_layers():
+            keys, values = self.cache_kv(cache, layer)
+            self.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
+        return self.decode_step(input_ids[:, -1:], cache, last_position_ids)
+
     @abstractmethod
     def capture_last_layer_input(self, sink: dict | None = None) -> LayerInputCapture:
         """Install hooks that keep the last layer's `LayerInput` at the last position of every
@@ -108,6 +135,25 @@ class DecoderAdapter(ABC):
         for one sample), laid out as the processor's own batched call would: the family's rules
         for padding the token rows and joining the pixel tensors. ValueError where the family has
         no batching."""
+        raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
+
+    def batches(self) -> bool:
+        """Whether the family decodes a left-padded batch at once (`prepare_batch`,
+        `prefill_batch`, `split_inputs`, `decode_step` with an attention mask); False (the
+        default): the generator runs a batch's samples one at a time."""
+        return False
+
+    def prepare_batch(self, inputs: dict) -> dict:
+        """`prepare_inputs` for a left-padded batch (the attention mask kept)."""
+        raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
+
+    def prefill_batch(self, inputs: dict) -> BatchPrefill:
+        """The prompt forward of a prepared batch."""
+        raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
+
+    def split_inputs(self, batch: dict) -> list[dict]:
+        """A collated batch back into one sample's inputs per row (the inverse of
+        `collate_inputs`)."""
         raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
 
     def dense_tail(self) -> "DenseTail | None":

@@ -15,14 +15,10 @@ The full-attention layer differs from Qwen2.5-VL's in three ways, all in `query`
 - per-head RMSNorm of queries (and keys, cached after it) before rotary;
 - partial rotary: only the first `cos.shape[-1]` dimensions of each head rotate.
 
-Lite. The recurrent state of a linear-attention layer cannot drop tokens: Lite can only drop
-video tokens from the full-attention layers' caches (`kv_layers`), and its re-run of the last
-prompt token must not feed that token to the recurrent states a second time
-(`rerun_last_prompt_token` rewinds them first). Today's generic Lite (`pruning.py`) walks every
-layer's cache and re-runs the token over all of them, which would be wrong here: asking for a
-linear layer's cache raises a one-line ValueError instead (**ours**, a refusal rather than a
-silent error), so such a sample becomes an error record naming the reason, until the generator
-prunes `kv_layers()` and re-runs through the adapter.
+Lite. The recurrent state of a linear-attention layer cannot drop tokens: Lite drops video
+tokens from the full-attention layers' caches only (`kv_layers`; the run summary says how many
+layers that is), and its re-run of the last prompt token must not feed that token to the
+recurrent states a second time (`rerun_last_prompt_token` rewinds them first).
 """
 from __future__ import annotations
 
@@ -56,8 +52,8 @@ class Qwen3_5Adapter(QwenVLAdapter):
 
     def cache_kv(self, cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.layer_types[layer] != _FULL:
-            raise ValueError(f"Qwen3.5 layer {layer} is linear attention (a recurrent state, no per-token cache): "
-                             "Lite (prune_ratio > 0) is not supported for Qwen3.5")
+            raise ValueError(f"Qwen3.5 layer {layer} is linear attention: a recurrent state, no per-token "
+                             "key/value cache (kv_layers() lists the layers that have one)")
         return super().cache_kv(cache, layer)
 
     # ---- Lite over a hybrid cache ------------------------------------------------------------------
