@@ -207,3 +207,16 @@ def test_run_settings_identify_the_inputs(tiny, mixed, tmp_path):
     copy.write_text(json.dumps(entries))
     assert BenchmarkDataModule(files=[str(copy)], num_frames=8).run_settings()["files"][0]["sha256"] != \
         settings["files"][0]["sha256"]
+
+
+def test_frames_are_resized_by_the_processor_unless_it_takes_qwen_sized_frames():
+    from types import SimpleNamespace
+
+    from vreason.data.items import sized_for
+
+    def proc(patch, merge):
+        return SimpleNamespace(video_processor=SimpleNamespace(patch_size=patch, merge_size=merge))
+
+    assert sized_for(proc(14, 2))  # Qwen2-VL / Qwen2.5-VL: 28-pixel merged patches
+    assert not sized_for(proc(16, 2))  # Qwen3-VL / Qwen3.5: 32
+    assert not sized_for(SimpleNamespace(image_processor=SimpleNamespace(size={"height": 384})))  # fixed-size towers

@@ -2,8 +2,8 @@
 module's out-of-memory retry asks for again with fewer frames (`prepare_item`).
 
 Videos are decoded by `load_video` (sampling and resizing the Qwen way), then handed to the
-model's processor as they are: `do_sample_frames=False` and `do_resize=False` so it neither
-re-samples nor re-sizes them, and the sampling metadata (`video_metadata`) so that
+model's processor as they are: `do_sample_frames=False`, and `do_resize=False` where the
+family's tower takes Qwen-sized frames (`sized_for`), so it neither re-samples nor re-sizes them, and the sampling metadata (`video_metadata`) so that
 `second_per_grid_ts` reflects the real time between sampled frames. Any per-sample failure
 becomes an item with `inputs=None` and a one-line `error`; nothing raises.
 """
@@ -52,7 +52,7 @@ def prepare_item(sample: Sample, processor: Any, video: VideoConfig) -> dict[str
             item["meta"] = meta
             inputs = processor(
                 text=[text], videos=[frames], video_metadata=[{k: meta[k] for k in _METADATA_FIELDS}],
-                do_sample_frames=False, do_resize=False, return_tensors="pt",
+                do_sample_frames=False, do_resize=not sized_for(processor), return_tensors="pt",
             )
         item["inputs"] = dict(inputs)
     except VideoError as exc:
@@ -71,7 +71,18 @@ def _image_inputs(processor: Any, text: str, path: str, video: VideoConfig) -> A
     width, height = image.size
     h, w = smart_resize(height, width, IMAGE_FACTOR, video.min_pixels, video.max_pixels)
     image = image.resize((w, h), Image.BICUBIC)
-    return processor(text=[text], images=[image], do_resize=False, return_tensors="pt")
+    return processor(text=[text], images=[image], do_resize=not sized_for(processor), return_tensors="pt")
+
+
+def sized_for(processor: Any) -> bool:
+    """Whether frames sized the Qwen2-VL / Qwen2.5-VL way (sides multiples of 28) are what the
+    processor's vision tower takes as they are: a processor that merges 14-pixel patches 2 × 2.
+    Other families (Qwen3-VL's 16-pixel patches, fixed-size towers such as LLaVA-OneVision's or
+    InternVL's) get the frames resized by their own processor, by its own size settings (**ours**:
+    `--data.max_pixels` then bounds the decoded frames, not what the model sees)."""
+    video = getattr(processor, "video_processor", None) or getattr(processor, "image_processor", None)
+    patch, merge = getattr(video, "patch_size", None), getattr(video, "merge_size", None)
+    return isinstance(patch, int) and isinstance(merge, int) and patch * merge == IMAGE_FACTOR
 
 
 def video_record_fields(item: dict[str, Any]) -> dict[str, Any]:

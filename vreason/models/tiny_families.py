@@ -7,9 +7,10 @@ The tokenizer is the Qwen2.5-VL tiny folder's own (learned from the same fixed t
 same for a given vocabulary size) plus the family's placeholder tokens; the config's token ids
 are read back from it, never assumed.
 
-Vision towers are sized for the synthetic benchmark's 112×112 frames: `vreason predict` hands the
-processor frames already resized to multiples of 28, so each tiny tower takes 112-pixel frames
-as they are (patch 14).
+Vision towers are sized for the synthetic benchmark's 112×112 frames. Each keeps its family's
+patch rule: Qwen3-VL and Qwen3.5 merge 16-pixel patches as the real checkpoints do, so their
+processors resize the frames `vreason predict` decodes (`vreason.data.items.sized_for`), while
+the 14-pixel towers take 112-pixel frames as they are.
 """
 from __future__ import annotations
 
@@ -155,8 +156,9 @@ def build_tiny_qwen3_vl(path: str | Path, seed: int = 0, bpe_vocab_size: int = 4
                         video_min_pixels: int = 56 * 56, **overrides: Any) -> Path:
     """A Qwen3-VL folder (`moe=True`: Qwen3-VL-MoE, 4 experts, 2 per token): Qwen3 decoder with
     q/k norms and interleaved M-RoPE (3 layers, GQA 4:2), a vision tower with DeepStack features
-    injected after decoder layer 0 (so the last layer is never a DeepStack layer), patch 14 so
-    that 112-px frames split into 2×2 merged patches."""
+    injected after decoder layer 0 (so the last layer is never a DeepStack layer), and 16-pixel
+    patches merged 2 × 2 as in the real checkpoints, so the benchmark path hands its processor
+    frames to resize (`vreason.data.items.sized_for`)."""
     import transformers
 
     tok = _tokenizer(bpe_vocab_size)
@@ -170,7 +172,7 @@ def build_tiny_qwen3_vl(path: str | Path, seed: int = 0, bpe_vocab_size: int = 4
                                "mrope_interleaved": True}
     if moe:
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
                   temporal_patch_size=2, out_hidden_size=text["hidden_size"], num_position_embeddings=64,
                   deepstack_visual_indexes=[0])
     vision.update(_vision_overrides(overrides))
@@ -182,8 +184,8 @@ def build_tiny_qwen3_vl(path: str | Path, seed: int = 0, bpe_vocab_size: int = 4
     size = {"shortest_edge": video_min_pixels, "longest_edge": video_max_pixels}
     template = _chat_template("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>")
     processor = transformers.Qwen3VLProcessor(
-        image_processor=transformers.Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
-        video_processor=transformers.Qwen3VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        image_processor=transformers.Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),
+        video_processor=transformers.Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),
         tokenizer=tok,
         chat_template=template,
     )
@@ -257,7 +259,7 @@ def build_tiny_qwen3_5(path: str | Path, seed: int = 0, bpe_vocab_size: int = 40
                 linear_num_value_heads=4)
     if moe:
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
                   temporal_patch_size=2, out_hidden_size=text["hidden_size"], num_position_embeddings=64)
     vision.update(_vision_overrides(overrides))
     prefix = "Qwen3_5Moe" if moe else "Qwen3_5"
@@ -268,8 +270,8 @@ def build_tiny_qwen3_5(path: str | Path, seed: int = 0, bpe_vocab_size: int = 40
     size = {"shortest_edge": video_min_pixels, "longest_edge": video_max_pixels}
     template = _chat_template("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>")
     processor = transformers.Qwen3VLProcessor(
-        image_processor=transformers.Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
-        video_processor=transformers.Qwen3VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        image_processor=transformers.Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),
+        video_processor=transformers.Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),
         tokenizer=tok,
         chat_template=template,
     )
