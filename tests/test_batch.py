@@ -71,3 +71,143 @@ def test_collate_rebuilds_missing_token_types_and_refuses_an_empty_batch(tiny):
                        adapter.collate_inputs(singles)["mm_token_type_ids"])
     with pytest.raises(ValueError, match="empty batch"):
         adapter.collate_inputs([])
+
+
+# ---- generate_batch: every row equals its sample generated alone ---------------------------------
+
+from vreason import ControllerConfig, DecodeConfig, VReasonGenerator  # noqa: E402
+
+TRACES = ("entropy", "entropy_after", "ema", "alpha")
+# Three videos of different sizes and frame counts (so different prompt lengths and video token
+# counts) and an image sample: the rows need padding and own different numbers of visual tokens.
+MIXED = SAMPLES["videos"] + SAMPLES["image and videos"][1:2]
+
+
+@pytest.fixture(scope="module")
+def tiny64(tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny64"), seed=0)
+    return vreason.load_model(path, device="cpu", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def singles64(tiny64):
+    return [processor_call(tiny64[1], [s]) for s in MIXED]
+
+
+def assert_rows_equal_alone(batch, alone, tol):
+    assert len(batch) == len(alone)
+    for row, (b, a) in enumerate(zip(batch, alone)):
+        assert torch.equal(b.sequences, a.sequences), row
+        for name in TRACES:
+            assert torch.allclose(getattr(b, name).double(), getattr(a, name).double(), atol=tol, rtol=0), (row, name)
+        assert torch.equal(b.updated, a.updated), row
+        for name in ("num_new_tokens", "prompt_length", "stop_reason", "skipped_rounds", "num_video_tokens",
+                     "num_video_tokens_kept", "lite_layers", "num_layers"):
+            assert getattr(b, name) == getattr(a, name), (row, name)
+
+
+CASES = {
+    "off": dict(mode="off"),
+    "switch k2": dict(mode="switch", every_k=2, lr=0.05),
+    "minimize k1 steps2 lite": dict(mode="minimize", every_k=1, steps=2, lr=0.1, prune_ratio=0.5),
+    "maximize k3 lite sampled": dict(mode="maximize", every_k=3, lr=0.05, prune_ratio=0.5, sample=True),
+    "switch k1 steps2 sampled": dict(mode="switch", every_k=1, steps=2, lr=0.1, sample=True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_row_equals_its_sample_alone_float64(tiny64, singles64, case):
+    model, _ = tiny64
+    cfg = dict(CASES[case])
+    sample = cfg.pop("sample", False)
+    decode = DecodeConfig(max_new_tokens=8, do_sample=sample, temperature=0.9, top_k=40, top_p=0.95, seed=7)
+    gen = VReasonGenerator(model, ControllerConfig(**cfg), decode)
+    seeds = [101, 202, 303, 404] if sample else None
+    batch = gen.generate_samples(singles64, seeds=seeds)
+    alone = [gen.generate(seed=None if seeds is None else seeds[i], **s) for i, s in enumerate(singles64)]
+    assert_rows_equal_alone(batch, alone, 1e-6)
+    if cfg["mode"] != "off":
+        assert all(r.updated.any() and not torch.equal(r.entropy, r.entropy_after) for r in batch)  # rounds ran
+    if cfg.get("prune_ratio"):
+        assert all(r.num_video_tokens_kept < r.num_video_tokens for r in batch)
+
+
+def test_rows_that_stop_early_leave_the_batch(tiny64, singles64):
+    """One row stops at its first token, another mid-way (eos ids taken from their runs alone):
+    the others go on unchanged and the decode forwards shrink to the rows still running."""
+    model, _ = tiny64
+    controller = ControllerConfig(mode="switch", every_k=1, lr=0.1, prune_ratio=0.5)
+    gen = VReasonGenerator(model, controller, DecodeConfig(max_new_tokens=8))
+    free = [gen.generate(**s) for s in singles64]
+    firsts = [r.sequences[0, r.prompt_length].item() for r in free]
+    new1 = free[1].sequences[0, free[1].prompt_length:].tolist()
+    stop_ids = [firsts[0]] + [t for t in new1[3:5] if t not in firsts]
+    assert stop_ids[1:], "the test needs a mid-way stop token"
+    saved = model.generation_config.eos_token_id
+    rows_seen = []
+    handle = model.register_forward_pre_hook(lambda m, a, k: rows_seen.append(k["input_ids"].shape[0]), with_kwargs=True)
+    model.generation_config.eos_token_id = list(saved) + stop_ids
+    try:
+        gen = VReasonGenerator(model, controller, DecodeConfig(max_new_tokens=8))
+        alone = [gen.generate(**s) for s in singles64]
+        rows_seen.clear()
+        batch = gen.generate_samples(singles64)
+    finally:
+        model.generation_config.eos_token_id = saved
+        handle.remove()
+    assert_rows_equal_alone(batch, alone, 1e-6)
+    assert batch[0].num_new_tokens == 1 and batch[0].stop_reason == "eos"
+    assert any(r.stop_reason == "eos" and 1 < r.num_new_tokens < 8 for r in batch[1:])
+    # Prefill, Lite's re-run, then one forward per token: B rows, then fewer as rows stop.
+    expected = [4, 4] + [4 - sum(r.num_new_tokens <= k for r in batch) for k in range(1, max(r.num_new_tokens for r in batch))]
+    assert rows_seen == expected
+
+
+def test_batch_of_one_and_image_only_batch(tiny64):
+    model, processor = tiny64
+    gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.1, prune_ratio=0.5),
+                           DecodeConfig(max_new_tokens=6))
+    one = processor_call(processor, MIXED[:1])
+    assert_rows_equal_alone(gen.generate_batch(**one), [gen.generate(**one)], 1e-6)
+    images = [("image", 4, 1, 112, "What is shown in this picture?"), ("image", 6, 1, 84, "Colour?")]
+    singles = [processor_call(processor, [s]) for s in images]
+    batch = gen.generate_batch(**processor_call(processor, images, padding=True, padding_side="left"))
+    assert_rows_equal_alone(batch, [gen.generate(**s) for s in singles], 1e-6)
+
+
+def test_off_batch_equals_generate_on_the_padded_batch(tiny):
+    model, processor = tiny
+    batch = processor_call(processor, SAMPLES["image and videos"], padding=True, padding_side="left")
+    expected = model.generate(**batch, do_sample=False, max_new_tokens=8)
+    results = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=8)).generate_batch(**batch)
+    width = batch["input_ids"].shape[1]
+    for row, res in enumerate(results):
+        assert res.stop_reason == "max_new_tokens"
+        assert torch.equal(res.sequences[0, res.prompt_length:], expected[row, width:])
+        assert torch.equal(res.sequences[0, : res.prompt_length], batch["input_ids"][row, width - res.prompt_length:])
+
+
+def test_float32_rows_equal_alone_within_float32_tolerance(tiny):
+    model, processor = tiny
+    singles = [processor_call(processor, [s]) for s in MIXED]
+    gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.05, prune_ratio=0.5),
+                           DecodeConfig(max_new_tokens=6))
+    assert_rows_equal_alone(gen.generate_samples(singles), [gen.generate(**s) for s in singles], 1e-4)
+
+
+def test_split_inverts_collate_and_bad_batches_fail_clearly(tiny):
+    model, processor = tiny
+    adapter = adapter_for(model)
+    singles = [processor_call(processor, [s]) for s in SAMPLES["image and videos"]]
+    for got, sample in zip(adapter.split_inputs(adapter.collate_inputs(singles)), singles):
+        assert sorted(got) == sorted(sample)
+        for key in sample:
+            assert torch.equal(got[key], sample[key].to(got[key].dtype)), key
+    gen = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=2))
+    batch = adapter.collate_inputs(singles)
+    text = dict(processor(text=["<|im_start|>user\nhello<|im_end|>\n"], return_tensors="pt"))
+    with pytest.raises(ValueError, match=r"batch row\(s\) \[2\] have no video and no image tokens"):
+        gen.generate_batch(**adapter.collate_inputs(singles[:2] + [text]))
+    right = dict(batch, attention_mask=batch["attention_mask"].flip(-1))
+    with pytest.raises(ValueError, match="left padding"):
+        gen.generate_batch(**right)

@@ -43,13 +43,21 @@ class GuardedAdam:
     `ok` is false the parameter and the state stay as they were and `skipped` counts it. All state
     lives on the device, so a guarded step never waits on the host."""
 
-    def __init__(self, like: torch.Tensor, lr: float, betas: tuple[float, float], eps: float) -> None:
+    def __init__(self, like: torch.Tensor, lr: float, betas: tuple[float, float], eps: float, rows: bool = False) -> None:
+        # rows: one independent state per leading row of `like` (a batch of samples): step count,
+        # skip count and `ok` are then `[rows, 1, ...]`, broadcast over each row's tensor.
         self.lr, (self.beta1, self.beta2), self.eps = float(lr), betas, float(eps)
         self.exp_avg = torch.zeros_like(like)
         self.exp_avg_sq = torch.zeros_like(like)
-        self.steps = torch.zeros((), dtype=torch.float32, device=like.device)
-        self.skipped = torch.zeros((), dtype=torch.int64, device=like.device)
-        self._betas = torch.tensor([self.beta1, self.beta2], dtype=torch.float32, device=like.device)
+        state = (like.shape[0],) + (1,) * (like.ndim - 1) if rows else ()
+        self.steps = torch.zeros(state, dtype=torch.float32, device=like.device)
+        self.skipped = torch.zeros(state, dtype=torch.int64, device=like.device)
+        self._betas = torch.tensor([self.beta1, self.beta2], dtype=torch.float32, device=like.device).view(2, *(1 for _ in state))
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep the state of these rows only (a per-row state: samples leaving a batch)."""
+        self.exp_avg, self.exp_avg_sq = self.exp_avg.index_select(0, rows), self.exp_avg_sq.index_select(0, rows)
+        self.steps, self.skipped = self.steps.index_select(0, rows), self.skipped.index_select(0, rows)
 
     def step(self, param: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
         # torch.optim.Adam's arithmetic (lerp for the first moment, addcmul for the second; both
@@ -105,11 +113,7 @@ class ValueController:
         self.adapter = adapter
         self.config = config
         self.layer = adapter.num_layers - 1
-        self.video_index = video_index
-        _, values = adapter.cache_kv(cache, self.layer)
-        self.v0 = values.index_select(-2, video_index).float()
-        self.delta = torch.zeros_like(self.v0)
-        self.adam = GuardedAdam(self.v0, config.lr, (config.adam_beta1, config.adam_beta2), config.adam_eps)
+        self._init_values(cache, video_index)
         self.log_vocab = math.log(adapter.vocab_size)
         self.lm_weight = adapter.lm_head_weight()
         self.model_dtype = self.lm_weight.dtype
@@ -118,6 +122,15 @@ class ValueController:
         blocks = _lm_blocks(vocab)
         self._lm_blocks = self.lm_weight.view(blocks, vocab // blocks, hidden)
         self._values: tuple | None = None  # (ΔV, leaf, V(leaf)): value_update's graph at that ΔV
+
+    def _init_values(self, cache, video_index: torch.Tensor) -> None:
+        """V0 (float32) at the video tokens, ΔV = 0 and Adam's state."""
+        config = self.config
+        self.video_index = video_index
+        _, values = self.adapter.cache_kv(cache, self.layer)
+        self.v0 = values.index_select(-2, video_index).float()
+        self.delta = torch.zeros_like(self.v0)
+        self.adam = GuardedAdam(self.v0, config.lr, (config.adam_beta1, config.adam_beta2), config.adam_eps)
 
     def due(self, k: int) -> bool:
         """Whether generated token k gets a round: k = 0, every_k, 2·every_k, ... (**ours**: the
@@ -143,11 +156,11 @@ class ValueController:
         """The final-norm hidden state `[1, 1, hidden]` with ΔV = `delta` (differentiable in it)."""
         values = ops.value_update(self.v0, delta)
         attn = consts.o_rest + consts.a_video @ values  # [1, kv, groups, head_dim]
-        return self.adapter.tail(layer_input, attn.reshape(1, 1, -1).to(self.model_dtype))
+        return self.adapter.tail(layer_input, attn.reshape(attn.shape[0], 1, -1).to(self.model_dtype))
 
     def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
-        """lm_head: `[1, 1, hidden]` → logits `[1, vocab]` in the model's dtype."""
-        return torch.nn.functional.linear(hidden.reshape(1, -1), self.lm_weight)
+        """lm_head: `[rows, 1, hidden]` → logits `[rows, vocab]` in the model's dtype."""
+        return torch.nn.functional.linear(hidden.reshape(hidden.shape[0], -1), self.lm_weight)
 
     def loss_grad_logits(self, logits: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`L = α (log|V| − H(z))` `[1]` and `∂L/∂z = −α ∂H/∂z` (float32) at logits z `[1, vocab]`."""
@@ -183,7 +196,7 @@ class ValueController:
         _, values = self._value_graph()
         # o_rest + a_video·V (under no_grad: nothing is recorded), as one batched multiply-add.
         attn = torch.baddbmm(consts.o_rest.flatten(0, 1), consts.a_video.flatten(0, 1), values.flatten(0, 1))
-        return self.dense.forward(layer_input.hidden, attn.reshape(1, 1, -1).to(self.model_dtype))
+        return self.dense.forward(layer_input.hidden, attn.reshape(consts.o_rest.shape[0], 1, -1).to(self.model_dtype))
 
     def _backward(self, consts: AttentionConstants, acts, grad_hidden: torch.Tensor) -> torch.Tensor:
         """∂L/∂ΔV from ∂L/∂(final hidden) at the activations `acts` of the current ΔV: the tail's
@@ -220,7 +233,9 @@ class ValueController:
         """
         loss, grad_z = self.loss_grad_logits(logits, alpha)
         blocks, rows, _ = self._lm_blocks.shape
-        parts = torch.bmm(grad_z.to(self.model_dtype).view(blocks, 1, rows), self._lm_blocks)  # [blocks, 1, hidden]
+        # One row per sample of a batch: [samples, blocks, rows] → [blocks, samples, rows].
+        grad_z = grad_z.to(self.model_dtype).view(-1, blocks, rows).transpose(0, 1)
+        parts = torch.bmm(grad_z, self._lm_blocks)  # [blocks, samples, hidden]
         return loss, parts.sum(0, dtype=torch.float32)
 
     # ---- one round ----------------------------------------------------------------------------

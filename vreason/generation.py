@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from vreason import ops
+from vreason.batch_generation import BatchRun
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.controller import ValueController
 from vreason.models import adapter_for
@@ -71,7 +72,8 @@ class GenerationResult:
 
 
 class VReasonGenerator:
-    """Generate with V-Reason on a Qwen2.5-VL / Qwen2-VL model (batch size 1).
+    """Generate with V-Reason on a vision-language model: one sample (`generate`) or a batch of
+    samples decoded together (`generate_batch`, `generate_samples`).
 
     The model's parameters are frozen here (`requires_grad_(False)`): the controller never needs
     a weight gradient and frozen weights keep autograd from recording anything for them.
@@ -90,6 +92,32 @@ class VReasonGenerator:
         self.controller_config = controller if controller is not None else ControllerConfig()
         self.decode_config = decode if decode is not None else DecodeConfig()
         model.requires_grad_(False)
+
+    def generate_batch(self, seeds: list | None = None, **inputs) -> list[GenerationResult]:
+        """Generate for a left-padded batch of B samples (the processor's batched outputs, or
+        `adapter.collate_inputs` of per-sample ones) as keywords: one result per row, each equal to
+        that sample generated alone with `generate` (`batch_generation.py`).
+
+        seeds: one per row (None entries: `DecodeConfig.seed`), as `generate`'s `seed`. The
+        wall-clock budget is the batch's. A family that does not batch (`adapter.batches()` is
+        False: Qwen3-VL, Qwen3.5, LLaVA-OneVision, InternVL) runs the rows one at a time here
+        through `generate` (its inputs split back per row with `adapter.split_inputs`).
+        """
+        if not self.adapter.batches():
+            samples = self.adapter.split_inputs(inputs)
+            seeds = seeds if seeds is not None else [None] * len(samples)
+            return [self.generate(seed=seed, **sample) for sample, seed in zip(samples, seeds)]
+        deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
+        run = BatchRun(self.adapter, self.controller_config, self.decode_config, seeds, deadline)
+        return [GenerationResult(**row) for row in run.run(inputs)]
+
+    def generate_samples(self, samples: list[dict], seeds: list | None = None) -> list[GenerationResult]:
+        """Generate for per-sample processor outputs: as one batch where the family batches
+        (`collate_inputs` + `generate_batch`), else one at a time."""
+        seeds = seeds if seeds is not None else [None] * len(samples)
+        if len(samples) > 1 and self.adapter.batches():
+            return self.generate_batch(seeds=list(seeds), **self.adapter.collate_inputs(samples))
+        return [self.generate(seed=seed, **sample) for sample, seed in zip(samples, seeds)]
 
     @torch.no_grad()
     def generate(self, seed: int | None = None, **inputs) -> GenerationResult:

@@ -17,9 +17,10 @@ _FIXED_ALPHA = {"minimize": -1.0, "maximize": 1.0}
 
 
 class EntropySwitch:
-    """Per-sample switching state. `update(H_k)` returns `(E_k, α_k)` as 0-d float32 tensors."""
+    """Per-sample switching state. `update(H_k)` returns `(E_k, α_k)` as float32 tensors of H_k's
+    shape: 0-d for one sample, `[B]` with `batch=True` (element-wise: each sample its own state)."""
 
-    def __init__(self, mode: str, beta: float, device: torch.device | str = "cpu") -> None:
+    def __init__(self, mode: str, beta: float, device: torch.device | str = "cpu", batch: bool = False) -> None:
         if mode not in ("switch", "minimize", "maximize", "off"):
             raise ValueError(f"mode must be switch|minimize|maximize|off, got {mode!r}")
         if not 0.0 <= beta < 1.0:
@@ -27,11 +28,13 @@ class EntropySwitch:
         self.mode = mode
         self.beta = float(beta)
         self.device = torch.device(device)
+        self.batch = batch
         self.ema: torch.Tensor | None = None
         self.peak: torch.Tensor | None = None
 
     def update(self, entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = entropy.detach().reshape(()).to(device=self.device, dtype=torch.float32)
+        h = entropy.detach().to(device=self.device, dtype=torch.float32)
+        h = h.reshape(-1) if self.batch else h.reshape(())
         if self.ema is None:
             self.ema = h.clone()
             self.peak = h.clone()
@@ -39,10 +42,15 @@ class EntropySwitch:
             self.ema = self.beta * self.ema + (1.0 - self.beta) * h
             self.peak = torch.maximum(self.peak, self.ema)
         if self.mode in _FIXED_ALPHA:
-            alpha = torch.full((), _FIXED_ALPHA[self.mode], dtype=torch.float32, device=self.device)
+            alpha = torch.full(h.shape, _FIXED_ALPHA[self.mode], dtype=torch.float32, device=self.device)
         else:
             alpha = torch.where(self.ema < self.peak, -1.0, 1.0).to(torch.float32)
         return self.ema, alpha
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep the state of these rows of a batch only (samples leaving it)."""
+        if self.ema is not None:
+            self.ema, self.peak = self.ema.index_select(0, rows), self.peak.index_select(0, rows)
 
 
 def switch_trace(entropies, mode: str = "switch", beta: float = 0.9) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -102,13 +102,15 @@ class DenseTail:
         return self.final_norm(h2), TailActivations(h1, gate, up, h2)
 
     def backward(self, acts: TailActivations, grad_out: torch.Tensor) -> torch.Tensor:
-        """∂L/∂attn `[1, 1, heads·head_dim]` (model dtype) from ∂L/∂(final-norm output)."""
+        """∂L/∂attn `[rows, 1, heads·head_dim]` (model dtype) from ∂L/∂(final-norm output), one row
+        per token (a batch's samples are independent rows)."""
         dtype = self.down_proj.weight.dtype
         grad_h2 = rms_norm_backward(acts.h2, self.final_w, self.final_eps, grad_out.view_as(acts.h2))
         # The MLP's element-wise backward in the model's dtype with the same kernels as autograd's:
         # act = silu(gate)·up, so ∂up = ∂act·silu(gate) and ∂gate = silu_backward(∂act·up, gate).
-        grad_act = grad_h2.to(dtype).view(1, -1) @ self.down_proj.weight
-        gate, up = acts.gate.view(1, -1), acts.up.view(1, -1)
+        rows = acts.h2.shape[0]  # one per sample of a batch
+        grad_act = grad_h2.to(dtype).view(rows, -1) @ self.down_proj.weight
+        gate, up = acts.gate.view(rows, -1), acts.up.view(rows, -1)
         grad_up = grad_act * torch.nn.functional.silu(gate)
         grad_gate = torch.ops.aten.silu_backward(grad_act * up, gate)
         grad_normed = torch.addmm(grad_gate @ self.gate_proj.weight, grad_up, self.up_proj.weight)

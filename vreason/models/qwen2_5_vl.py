@@ -11,8 +11,9 @@ three M-RoPE rows from `get_rope_index`, which needs `mm_token_type_ids`) and, a
 step, each row's last value + 1. We pass exactly those rows explicitly at every call, so the model
 never rebuilds positions from the attention mask or the cache length: this is what keeps
 `mode="off"` bit-identical to `generate`, and after Lite pruning (a shorter cache) it is the only
-correct source of positions. The attention mask is not passed (batch 1 without padding: it is
-all ones, and `generate` drops an all-ones mask as well).
+correct source of positions. At batch size 1 the attention mask is not passed (no padding: it is
+all ones, and `generate` drops an all-ones mask as well); a left-padded batch
+(`qwen_batch.py`) passes it.
 
 Visual tokens (**ours**): ΔV and Lite act on the video tokens; a prompt with images but no
 video (benchmarks hold a few image samples) uses its image tokens instead, so such samples run
@@ -26,6 +27,7 @@ import torch
 
 from vreason.models.adapter import DecoderAdapter, LayerInput, Prefill
 from vreason.models.capture import LastLayerCapture
+from vreason.models.qwen_batch import QwenBatching
 from vreason.tail import DenseTail
 
 __all__ = ["QwenVLAdapter"]
@@ -51,7 +53,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-class QwenVLAdapter(DecoderAdapter):
+class QwenVLAdapter(QwenBatching, DecoderAdapter):
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.is_qwen2_5 = getattr(model.config, "model_type", "") == "qwen2_5_vl"
@@ -87,6 +89,11 @@ class QwenVLAdapter(DecoderAdapter):
     # ---- inputs -------------------------------------------------------------------------------
 
     def prepare_inputs(self, inputs: dict) -> dict:
+        return self._checked(inputs, batch=False)
+
+    def _checked(self, inputs: dict, batch: bool) -> dict:
+        """The checks of `prepare_inputs`; with `batch`, any number of left-padded rows (the
+        padding given by `attention_mask`, kept), each with its own video or image tokens."""
         unknown = sorted(k for k in inputs if k not in _ACCEPTED_KEYS)
         if unknown:
             raise ValueError(f"unexpected input(s) {', '.join(unknown)}; accepted: {', '.join(sorted(_ACCEPTED_KEYS))}")
@@ -98,16 +105,21 @@ class QwenVLAdapter(DecoderAdapter):
             input_ids = input_ids[None]
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        if input_ids.shape[0] != 1:
+        if input_ids.shape[0] != 1 and not batch:
             raise ValueError(f"batch size {input_ids.shape[0]} is not supported yet: pass one sample at a time")
         inputs["input_ids"] = input_ids
         mask = inputs.pop("attention_mask", None)
-        if mask is not None and (mask.shape[-1] != input_ids.shape[-1] or not bool((mask != 0).all())):
+        if batch:
+            inputs["attention_mask"] = self._left_padding(input_ids, mask)
+        elif mask is not None and (mask.shape[-1] != input_ids.shape[-1] or not bool((mask != 0).all())):
             raise ValueError("attention_mask must be all ones over input_ids (padding is not supported at batch size 1)")
 
         is_video = input_ids == self.video_token_id
         is_image = input_ids == self.image_token_id
         n_video, n_image = int(is_video.sum()), int(is_image.sum())
+        if batch and not bool((is_video | is_image).any(-1).all()):
+            rows = torch.nonzero(~(is_video | is_image).any(-1)).reshape(-1).tolist()
+            raise ValueError(f"batch row(s) {rows} have no video and no image tokens: V-Reason needs a video (or an image)")
         if n_video == 0 and n_image == 0:
             raise ValueError(
                 f"the prompt has no video tokens (<|video_pad|>, id {self.video_token_id}) and no image tokens: "
@@ -145,59 +157,20 @@ class QwenVLAdapter(DecoderAdapter):
         device = self.device
         return {k: torch.as_tensor(v).to(device) for k, v in inputs.items()}
 
-    # ---- batches --------------------------------------------------------------------------------
-
-    def pad_token_id(self) -> int:
-        """The id padding positions hold (never attended): the generation config's pad id, else
-        the text config's, else the first eos id, as `generate` falls back."""
-        for source in (self.model.generation_config, self.model.config.get_text_config()):
-            pad = getattr(source, "pad_token_id", None)
-            if pad is not None:
-                return int(pad[0] if isinstance(pad, (list, tuple)) else pad)
-        return self.eos_token_ids[0]
-
-    def collate_inputs(self, samples: list[dict]) -> dict:
-        """Token rows (`input_ids`, `attention_mask`, `mm_token_type_ids`) left-padded to the
-        longest; the visual tensors (`pixel_values_videos` with `video_grid_thw` and
-        `second_per_grid_ts`, `pixel_values` with `image_grid_thw`) concatenated in sample order,
-        samples without them contributing nothing: the processor's own layout for a batch."""
-        if not samples:
-            raise ValueError("an empty batch")
-        rows = []
-        for sample in samples:
-            ids = torch.as_tensor(sample["input_ids"]).reshape(-1)
-            mask = sample.get("attention_mask")
-            mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).reshape(-1).to(ids.dtype)
-            types = sample.get("mm_token_type_ids")
-            if types is None:
-                types = torch.zeros_like(ids)
-                types[ids == self.image_token_id] = _IMAGE_TYPE
-                types[ids == self.video_token_id] = _VIDEO_TYPE
-            rows.append((ids, mask, torch.as_tensor(types).reshape(-1).to(ids.dtype)))
-        length = max(ids.numel() for ids, _, _ in rows)
-        pad = self.pad_token_id()
-
-        def left_pad(tensors, value):
-            return torch.stack([torch.cat([t.new_full((length - t.numel(),), value), t]) for t in tensors])
-
-        batch = {"input_ids": left_pad([r[0] for r in rows], pad), "attention_mask": left_pad([r[1] for r in rows], 0),
-                 "mm_token_type_ids": left_pad([r[2] for r in rows], 0)}
-        for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw"):
-            parts = [torch.as_tensor(s[key]) for s in samples if s.get(key) is not None]
-            if parts:
-                batch[key] = torch.cat(parts)
-        return batch
-
     # ---- forward passes -----------------------------------------------------------------------
 
     def _prompt_position_ids(self, inputs: dict) -> torch.Tensor:
+        """The 4 rows `generate` builds: text positions (counting real tokens only; 0 at left
+        padding, as `generate`) and `get_rope_index`'s three, each row laid out as if alone."""
         input_ids = inputs["input_ids"]
-        text = torch.arange(input_ids.shape[1], device=input_ids.device).view(1, 1, -1)
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask.long()
+        text = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0).unsqueeze(0)
         rope_kwargs = dict(
             mm_token_type_ids=inputs["mm_token_type_ids"],
             image_grid_thw=inputs.get("image_grid_thw"),
             video_grid_thw=inputs.get("video_grid_thw"),
-            attention_mask=torch.ones_like(input_ids),
+            attention_mask=mask,
         )
         if self.is_qwen2_5:
             rope_kwargs["second_per_grid_ts"] = inputs.get("second_per_grid_ts")
@@ -218,22 +191,28 @@ class QwenVLAdapter(DecoderAdapter):
             return_dict=True,
             **kwargs,
         )
-        # The controller's tokens: the video's, or for an image-only prompt the image's (ours).
-        visual = input_ids[0] == self.video_token_id
-        if not bool(visual.any()):
-            visual = input_ids[0] == self.image_token_id
-        video_positions = torch.nonzero(visual).squeeze(-1)
         return Prefill(
             logits=out.logits[:, -1],
             cache=getattr(out, self.cache_key),
             next_position_ids=position_ids[..., -1:] + 1,
-            video_positions=video_positions,
+            video_positions=self.visual_positions(input_ids[0]),
         )
 
-    def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor) -> torch.Tensor:
+    def visual_positions(self, row: torch.Tensor) -> torch.Tensor:
+        """The controller's tokens in one row of input ids: the video's, or for an image-only
+        prompt the image's (ours)."""
+        visual = row == self.video_token_id
+        if not bool(visual.any()):
+            visual = row == self.image_token_id
+        return torch.nonzero(visual).squeeze(-1)
+
+    def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        masks = {} if attention_mask is None else {"attention_mask": attention_mask}
         out = self.model(
-            input_ids=token.view(1, 1),
+            input_ids=token.view(-1, 1),
             **{self.cache_key: cache},
+            **masks,
             position_ids=position_ids,
             use_cache=True,
             logits_to_keep=1,
@@ -266,11 +245,12 @@ class QwenVLAdapter(DecoderAdapter):
         q = layer_input.q
         if q is None:  # not captured: the projection again
             q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
-        q = q.view(1, 1, self.num_heads, self.head_dim).transpose(1, 2)  # [1, heads, 1, head_dim]
+        rows = q.shape[0]
+        q = q.view(rows, 1, self.num_heads, self.head_dim).transpose(1, 2)  # [rows, heads, 1, head_dim]
         cos, sin = layer_input.cos.unsqueeze(1), layer_input.sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin
         groups = self.num_heads // self.num_kv_heads
-        return q.float().reshape(1, self.num_kv_heads, groups, self.head_dim) * self.scaling
+        return q.float().reshape(rows, self.num_kv_heads, groups, self.head_dim) * self.scaling
 
     def tail(self, layer_input: LayerInput, attn: torch.Tensor) -> torch.Tensor:
         layer = self.last_layer
