@@ -159,8 +159,9 @@ class VReasonModule(LightningModule):
             # The controller needs autograd, which a Trainer left in inference mode forbids; tensors
             # made under inference mode are cloned into ordinary ones.
             with torch.inference_mode(False):
-                inputs = {k: v.to(self._hf_model.device).clone() if torch.is_tensor(v) and v.is_inference()
-                          else v.to(self._hf_model.device) if torch.is_tensor(v) else v
+                device = self._hf_model.get_input_embeddings().weight.device  # also under a device_map
+                inputs = {k: v.to(device).clone() if torch.is_tensor(v) and v.is_inference()
+                          else v.to(device) if torch.is_tensor(v) else v
                           for k, v in item["inputs"].items()}
                 self._synchronize()
                 start = time.perf_counter()

@@ -77,7 +77,9 @@ class DecoderAdapter(ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """The token embedding's device: where inputs go, also when a device_map spreads the
+        model (its first parameter may then sit elsewhere, or on `meta` if offloaded)."""
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:

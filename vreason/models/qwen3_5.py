@@ -45,11 +45,6 @@ class Qwen3_5Adapter(QwenVLAdapter):
         self.full_layers = tuple(i for i, kind in enumerate(self.layer_types) if kind == _FULL)
         self._prompt: dict | None = None  # the last prefill's inputs, for Lite's re-run
 
-    @property
-    def device(self) -> torch.device:
-        """The token embedding's device: where inputs go, also under a device_map."""
-        return self.model.get_input_embeddings().weight.device
-
     def cache_kv(self, cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.layer_types[layer] != _FULL:
             raise ValueError(f"Qwen3.5 layer {layer} is linear attention: a recurrent state, no per-token "

@@ -39,11 +39,6 @@ class Qwen3VLAdapter(QwenVLAdapter):
         check_placement(model)
         self.q_norm = self.last_layer.self_attn.q_norm
 
-    @property
-    def device(self) -> torch.device:
-        """The token embedding's device: where inputs go, also under a device_map."""
-        return self.model.get_input_embeddings().weight.device
-
     def prepare_inputs(self, inputs: dict) -> dict:
         inputs = super().prepare_inputs(inputs)
         last = int(inputs["input_ids"][0, -1])

@@ -106,11 +106,6 @@ class TextDecoderAdapter(DecoderAdapter):
         self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @property
-    def device(self) -> torch.device:
-        """Where inputs go: the token embedding's device (the first shard under a device_map)."""
-        return self.model.get_input_embeddings().weight.device
-
-    @property
     def num_layers(self) -> int:
         return len(self.layers)
 
