@@ -211,3 +211,75 @@ def test_split_inverts_collate_and_bad_batches_fail_clearly(tiny):
     right = dict(batch, attention_mask=batch["attention_mask"].flip(-1))
     with pytest.raises(ValueError, match="left padding"):
         gen.generate_batch(**right)
+
+
+# ---- predict_step with --data.batch_size B --------------------------------------------------------
+
+N_GOOD = 4
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from vreason.data.synthetic import write_synthetic_benchmark
+
+    root = tmp_path_factory.mktemp("bench")
+    model = build_tiny_model(root / "model")
+    return {"model": str(model), "bench": str(write_synthetic_benchmark(root / "data", n=N_GOOD, seed=1, num_frames=8,
+                                                                        with_errors=True))}
+
+
+def predict(bench, root, batch_size, mode="switch", **decode):
+    import json
+
+    from vreason.cli import eval_trainer
+    from vreason.data.datamodule import BenchmarkDataModule
+    from vreason.module import VReasonModule
+
+    module = VReasonModule(bench["model"], controller=ControllerConfig(mode=mode, every_k=1, prune_ratio=0.5),
+                           decode=DecodeConfig(max_new_tokens=8, **decode), plot_samples=0)
+    data = BenchmarkDataModule(files=[bench["bench"]], model_path=bench["model"], num_frames=4,
+                               max_pixels=64 * 28 * 28, batch_size=batch_size)
+    eval_trainer(root, enable_progress_bar=False).predict(module, datamodule=data, return_predictions=False)
+    lines = (root / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()
+    return {r["key"]: r for r in map(json.loads, lines)}
+
+
+def assert_same_records(got, expected):
+    assert sorted(got) == sorted(expected)
+    for key, want in expected.items():
+        have = got[key]
+        for field in ("output", "error", "num_new_tokens", "stop_reason", "prompt_length", "num_video_tokens_kept",
+                      "updated", "alpha", "skipped_rounds", "reward"):
+            assert have[field] == want[field], (key, field)
+        for field in ("entropy", "entropy_after", "ema"):
+            assert have[field] == pytest.approx(want[field], abs=2e-5), (key, field)
+
+
+def test_predict_with_a_batch_size_gives_the_records_of_batch_size_one(bench, tmp_path, monkeypatch):
+    """Sampled, so each sample's seed matters; the benchmark's broken entries sit in the batches
+    beside good ones and cost only themselves."""
+    calls = []
+    real = VReasonGenerator.generate_batch
+
+    def spy(self, seeds=None, **inputs):
+        calls.append(inputs["input_ids"].shape[0])
+        return real(self, seeds=seeds, **inputs)
+
+    monkeypatch.setattr(VReasonGenerator, "generate_batch", spy)
+    one = predict(bench, tmp_path / "one", 1, do_sample=True, seed=3)
+    assert calls == []
+    five = predict(bench, tmp_path / "five", 5, do_sample=True, seed=3)  # 4 good + 1 broken, then 2 broken
+    assert calls == [N_GOOD]  # the good samples of the first batch were generated together
+    assert_same_records(five, one)
+    assert sum(bool(r["error"]) for r in five.values()) == len(five) - N_GOOD
+
+
+def test_a_failing_batch_falls_back_to_its_samples_one_by_one(bench, tmp_path, monkeypatch):
+    def broken(self, seeds=None, **inputs):
+        raise torch.OutOfMemoryError("CUDA out of memory while decoding the batch")
+
+    one = predict(bench, tmp_path / "one", 1)
+    monkeypatch.setattr(VReasonGenerator, "generate_batch", broken)
+    fell_back = predict(bench, tmp_path / "fallback", 4)
+    assert_same_records(fell_back, one)
+    assert sum(not r["error"] for r in fell_back.values()) == N_GOOD

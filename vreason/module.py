@@ -23,6 +23,7 @@ from lightning.pytorch import LightningModule
 
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.metrics import EvalMetrics
+from vreason.batch_predict import BatchPrediction
 from vreason.run_settings import plain
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class VReasonModule(LightningModule):
+class VReasonModule(BatchPrediction, LightningModule):
     """Evaluation of one model in one controller mode over benchmark samples.
 
     model_path: a local Qwen2.5-VL / Qwen2-VL folder (`vreason.load_model`).
@@ -132,8 +133,9 @@ class VReasonModule(LightningModule):
     # ------------------------------------------------------------------ per sample
 
     def predict_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        # Padding items only keep DDP shards equally long (BenchmarkDataModule): no record.
-        records = [self._predict_item(item) for item in batch if not item.get("padding")]
+        # Padding items only keep DDP shards equally long (BenchmarkDataModule): no record. The
+        # others are generated together (`batch_predict.py`; one at a time with batch_size 1).
+        records = self._predict_items([item for item in batch if not item.get("padding")])
         for record in records:
             self.metrics.update(record)
             self._account(record)
