@@ -35,8 +35,7 @@ def prefill_state(model, processor, decode_steps=0, prune_ratio=0.0):
     captured; `pre.video_positions` are the last layer's video cache indices."""
     adapter = adapter_for(model)
     inputs = adapter.prepare_inputs(video_inputs(processor))
-    sink = {}
-    hook = adapter.capture_last_layer_input(sink)
+    hook = adapter.capture_last_layer_input()
     with torch.no_grad():
         pre = adapter.prefill(inputs)
         logits = pre.logits
@@ -46,7 +45,7 @@ def prefill_state(model, processor, decode_steps=0, prune_ratio=0.0):
         for k in range(decode_steps):
             logits = adapter.decode_step(logits.argmax(-1), pre.cache, pre.next_position_ids + k)
     hook.remove()
-    return adapter, pre, sink["input"], logits
+    return adapter, pre, hook.latest, logits
 
 
 def brute_force_gradient(model, adapter, pre, layer_input, v0, delta0, alpha):

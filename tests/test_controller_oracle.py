@@ -52,8 +52,7 @@ def prefilled(model, processor, decode_steps=2):
     """Prefill and a few greedy decode steps, with the last layer's input of the current token."""
     adapter = adapter_for(model)
     inputs = adapter.prepare_inputs(video_inputs(processor, seed=5))
-    sink: dict = {}
-    handle = adapter.capture_last_layer_input(sink)
+    handle = adapter.capture_last_layer_input()
     try:
         with torch.no_grad():
             pre = adapter.prefill(inputs)
@@ -62,7 +61,7 @@ def prefilled(model, processor, decode_steps=2):
                 logits = adapter.decode_step(logits.argmax(-1), pre.cache, pre.next_position_ids + k)
     finally:
         handle.remove()
-    layer_input = getattr(handle, "latest", None) or sink["input"]
+    layer_input = handle.latest
     return adapter, pre, layer_input, logits
 
 

@@ -102,8 +102,7 @@ def prefill_state(model, processor, decode_steps=0, prune_ratio=0.0):
     that token was fed (None at decode_steps=0)."""
     adapter = adapter_for(model)
     inputs = adapter.prepare_inputs(family_inputs(processor))
-    sink: dict = {}
-    hook = adapter.capture_last_layer_input(sink)
+    hook = adapter.capture_last_layer_input()
     before = None
     with torch.no_grad():
         pre = adapter.prefill(inputs)
@@ -118,7 +117,7 @@ def prefill_state(model, processor, decode_steps=0, prune_ratio=0.0):
             before = copy.deepcopy(pre.cache)
             logits = adapter.decode_step(token, pre.cache, position)
     hook.remove()
-    return adapter, pre, sink["input"], logits, token, position, before
+    return adapter, pre, hook.latest, logits, token, position, before
 
 
 def brute_force_gradient(model, adapter, pre, layer_input, v0, delta0, alpha):

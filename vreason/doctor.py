@@ -180,11 +180,10 @@ def check_switch_gradient(model, processor, device: torch.device) -> str:
 
     adapter = adapter_for(model)
     inputs = adapter.prepare_inputs(_video_inputs(processor, device))
-    sink: dict = {}
-    hook = adapter.capture_last_layer_input(sink)
+    hook = adapter.capture_last_layer_input()
     with torch.no_grad():
         pre = adapter.prefill(inputs)
-    layer_input = getattr(hook, "latest", None) or sink["input"]
+    layer_input = hook.latest
     hook.remove()
     ctrl = ValueController(adapter, ControllerConfig(), pre.cache, pre.video_positions)
     alpha = torch.tensor(1.0, device=device)

@@ -127,10 +127,9 @@ class DecoderAdapter(ABC):
         return self.decode_step(input_ids[:, -1:], cache, last_position_ids)
 
     @abstractmethod
-    def capture_last_layer_input(self, sink: dict | None = None) -> LayerInputCapture:
+    def capture_last_layer_input(self) -> LayerInputCapture:
         """Install hooks that keep the last layer's `LayerInput` at the last position of every
-        forward; return the handle (`.latest`, `.remove()`). `sink`, when given, also receives
-        it as `sink["input"]` (for callers written before the handle)."""
+        forward; return the handle (`.latest`, `.remove()`)."""
 
     def collate_inputs(self, samples: list[dict]) -> dict:
         """One left-padded batch from per-sample processor outputs (each as the processor gives it

@@ -22,13 +22,13 @@ __all__ = ["LastLayerCapture"]
 
 class LastLayerCapture:
     """The hooks behind `capture_last_layer_input`: a pre-hook on the last decoder layer keeps its
-    input at the last position (`latest`, a `LayerInput`); as the same forward goes on, a hook on
-    `q_proj` fills `latest.q` and, for a dense tail, the tail's hooks fill `latest.tail`.
-    `.remove()` uninstalls them all."""
+    input at the last position (`latest`, a `LayerInput`; None before the first forward); as the
+    same forward goes on, a hook on `q_proj` fills `latest.q` and, for a dense tail, the tail's
+    hooks fill `latest.tail`. `.remove()` uninstalls them all."""
 
-    def __init__(self, layer: torch.nn.Module, tail: DenseTail | None, sink: dict | None = None) -> None:
+    def __init__(self, layer: torch.nn.Module, tail: DenseTail | None = None) -> None:
         self.latest: LayerInput | None = None
-        self._sink = sink
+        self._device = next(layer.parameters()).device
         self._tail = TailCapture(tail) if tail is not None else None
         self._handles = [layer.register_forward_pre_hook(self._hook, with_kwargs=True),
                          layer.self_attn.q_proj.register_forward_hook(self._query)]
@@ -40,11 +40,12 @@ class LastLayerCapture:
         hidden = args[0] if args else kwargs["hidden_states"]
         cos, sin = kwargs["position_embeddings"]
         # The last position only (a prompt's is copied: holding views would keep the prefill's
-        # whole [1, P, hidden] activations alive for the rest of the sample).
+        # whole [1, P, hidden] activations alive for the rest of the sample). Under a device_map
+        # this pre-hook runs before accelerate moves the inputs: move them here (a no-op where
+        # they already are, as device_map auto arranges).
+        hidden, cos, sin = (last_position(t).to(self._device) for t in (hidden, cos, sin))
         tail = self._tail.begin() if self._tail is not None else None
-        self.latest = LayerInput(last_position(hidden), last_position(cos), last_position(sin), tail)
-        if self._sink is not None:
-            self._sink["input"] = self.latest
+        self.latest = LayerInput(hidden, cos, sin, tail)
 
     def remove(self) -> None:
         for handle in self._handles:

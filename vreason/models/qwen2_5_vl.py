@@ -232,8 +232,8 @@ class QwenVLAdapter(QwenBatching, DecoderAdapter):
 
     # ---- the last layer, piece by piece ----------------------------------------------------------
 
-    def capture_last_layer_input(self, sink: dict | None = None) -> LastLayerCapture:
-        return LastLayerCapture(self.last_layer, self.dense_tail(), sink)
+    def capture_last_layer_input(self) -> LastLayerCapture:
+        return LastLayerCapture(self.last_layer, self.dense_tail())
 
     def dense_tail(self) -> DenseTail | None:
         if not hasattr(self, "_dense_tail"):

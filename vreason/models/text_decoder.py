@@ -24,9 +24,10 @@ import torch
 
 from vreason.models.adapter import DecoderAdapter, LayerInput, Prefill
 from vreason.models.sharding import check_placement
-from vreason.tail import DenseTail, TailCapture, last_position
+from vreason.models.capture import LastLayerCapture
+from vreason.tail import DenseTail
 
-__all__ = ["TextDecoderAdapter", "LastLayerInputHook", "rotate_half", "eos_token_ids"]
+__all__ = ["TextDecoderAdapter", "rotate_half", "eos_token_ids"]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -42,43 +43,6 @@ def eos_token_ids(model: torch.nn.Module) -> tuple[int, ...]:
     if eos is None:
         raise ValueError("the model's generation config names no eos_token_id: generation could not stop")
     return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-
-
-class LastLayerInputHook:
-    """The hooks behind `capture_last_layer_input`: a pre-hook on the last decoder layer keeps the
-    last position's `LayerInput` (`.latest`, None before the first forward); as the same forward
-    goes on, a hook on `q_proj` fills `latest.q` and, for a dense tail, the tail's hooks fill
-    `latest.tail`. `sink`, when given, also receives it as `sink["input"]`; `.remove()`
-    uninstalls them all."""
-
-    def __init__(self, layer: torch.nn.Module, tail: DenseTail | None = None, sink: dict | None = None) -> None:
-        self.latest: LayerInput | None = None
-        self._sink = sink
-        self._device = next(layer.parameters()).device
-        self._tail = TailCapture(tail) if tail is not None else None
-        self._handles = [layer.register_forward_pre_hook(self._hook, with_kwargs=True),
-                         layer.self_attn.q_proj.register_forward_hook(self._query)]
-
-    def _query(self, module, args, output) -> None:
-        self.latest.q = last_position(output)
-
-    def _hook(self, module, args, kwargs) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        cos, sin = kwargs["position_embeddings"]
-        # The last position only (a prompt's copied: views would keep its [1, P, hidden] alive).
-        # Under a device_map this pre-hook runs before accelerate moves the inputs: move them here
-        # (a no-op where they already are, as device_map auto arranges).
-        hidden, cos, sin = (last_position(t).to(self._device) for t in (hidden, cos, sin))
-        tail = self._tail.begin() if self._tail is not None else None
-        self.latest = LayerInput(hidden, cos, sin, tail)
-        if self._sink is not None:
-            self._sink["input"] = self.latest
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        if self._tail is not None:
-            self._tail.remove()
 
 
 class TextDecoderAdapter(DecoderAdapter):
@@ -147,8 +111,8 @@ class TextDecoderAdapter(DecoderAdapter):
 
     # ---- the last layer, piece by piece ----------------------------------------------------------
 
-    def capture_last_layer_input(self, sink: dict | None = None) -> LastLayerInputHook:
-        return LastLayerInputHook(self.last_layer, self.dense_tail(), sink)
+    def capture_last_layer_input(self) -> LastLayerCapture:
+        return LastLayerCapture(self.last_layer, self.dense_tail())
 
     def dense_tail(self) -> DenseTail | None:
         """The hand-written SwiGLU tail where the last layer has one (Qwen2/Qwen3 MLPs do)."""
