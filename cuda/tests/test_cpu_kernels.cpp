@@ -1,11 +1,15 @@
 // The CPU kernels against naive double-precision loops on small inputs (entropy forward and
-// backward, value_update forward and backward, the in-place update), on the AVX2 and the scalar
-// path, plus the operator registrations. Exit code 0 iff every check passes.
+// backward, value_update forward and backward, the in-place update), on every SIMD level the CPU
+// has (scalar, AVX2, AVX-512F), each selected and labelled by its level, plus the operator
+// registrations. VREASON_REQUIRE_SIMD_LEVEL=N fails the test on a CPU whose highest level is
+// below N (CI sets it, so a missing path is a failure rather than a silent skip). Exit code 0 iff
+// every check passes.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -50,9 +54,12 @@ std::vector<double> row_of(const at::Tensor& t, int64_t row) {
   return std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
 }
 
-void test_entropy(at::ScalarType dtype, bool simd) {
-  const std::string tag = std::string(" [") + c10::toString(dtype) + (simd ? ", avx2]" : ", scalar]");
-  vreason::set_simd_enabled(simd);
+const char* level_name(int level) { return level == 2 ? "avx512" : level == 1 ? "avx2" : "scalar"; }
+
+void test_entropy(at::ScalarType dtype, int level) {
+  const std::string tag = std::string(" [") + c10::toString(dtype) + ", " + level_name(level) + "]";
+  vreason::set_simd_level(level);
+  check(vreason::simd_level() == level, "selecting SIMD level" + tag);
   at::Tensor z = (at::randn({5, 1037}) * 4).to(dtype);
   z.index_put_({1, at::indexing::Slice(1, at::indexing::None)}, -kInf);  // one finite logit: H = 0
   z.index_put_({2, at::indexing::Slice(0, 1000)}, -kInf);
@@ -173,14 +180,18 @@ void test_registrations() {
 
 int main() {
   at::manual_seed(0);
-  const std::vector<bool> paths = vreason::simd_available() ? std::vector<bool>{true, false} : std::vector<bool>{false};
-  for (bool simd : paths) {
-    for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) test_entropy(dtype, simd);
+  const int top = vreason::max_simd_level();
+  if (const char* required = std::getenv("VREASON_REQUIRE_SIMD_LEVEL")) {
+    check(top >= std::atoi(required), std::string("this CPU's highest SIMD level is ") + std::to_string(top) + " (" +
+                                          level_name(top) + "), below the required " + required);
   }
+  for (int level = top; level >= 0; --level) {
+    for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) test_entropy(dtype, level);
+  }
+  vreason::set_simd_level(top);
   test_value_update();
   for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) test_value_update_inplace(dtype);
   test_registrations();
-  if (failures == 0) std::printf("vreason CPU kernels: all checks passed (AVX2 path %s)\n",
-                                 vreason::simd_available() ? "and scalar path" : "unavailable; scalar path");
+  if (failures == 0) std::printf("vreason CPU kernels: all checks passed (SIMD levels %s down to scalar)\n", level_name(top));
   return failures == 0 ? 0 : 1;
 }
