@@ -23,7 +23,7 @@ from vreason.data.frame_cache import FrameCache, cache_key
 from vreason.data.synthetic import encode_mp4
 from vreason.data.video import VideoError, load_video
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("VREASON_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared")
 REAL_CLIP = SHARED / "data" / "real-clip-1.mp4"
 
 
