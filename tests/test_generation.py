@@ -214,17 +214,18 @@ def test_qwen2_vl_off_equals_generate_and_the_controller_acts(qwen2_vl):
     expected = model.generate(**hf_inputs, do_sample=False, max_new_tokens=10)
     res = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=10)).generate(**inputs)
     assert torch.equal(res.sequences, expected)
-    up = VReasonGenerator(model, ControllerConfig(mode="maximize", every_k=1, lr=1e-3), DecodeConfig(max_new_tokens=3)).generate(**inputs)
-    assert (up.entropy_after > up.entropy).all()
+    up = VReasonGenerator(model, ControllerConfig(mode="maximize", every_k=1, lr=0.05), DecodeConfig(max_new_tokens=3)).generate(**inputs)
+    assert (up.entropy_after - up.entropy > 5e-5).all(), up.entropy_after - up.entropy
 
 
 def test_switch_rounds_move_entropy_the_way_alpha_says(models):
     model, processor = models["wide"]
-    res = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=1e-3), DecodeConfig(max_new_tokens=12)).generate(
+    res = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.05), DecodeConfig(max_new_tokens=12)).generate(
         **video_inputs(processor, seed=6))
-    moved = torch.sign(res.entropy_after - res.entropy).to(torch.int8)
+    change = res.entropy_after - res.entropy
     assert res.updated.all() and set(res.alpha.tolist()) == {-1, 1}  # both regimes occur
-    assert torch.equal(moved, res.alpha)
+    # Every round moves the entropy the way its α says, by far more than float32 noise (≥ 100 ulps).
+    assert torch.equal(torch.sign(change).to(torch.int8), res.alpha) and bool((change.abs() > 5e-5).all()), change
 
 
 @pytest.mark.parametrize("do_sample", [False, True])
