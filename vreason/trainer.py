@@ -24,12 +24,16 @@ class _NoAdvertisement(logging.Filter):
 _NO_ADVERTISEMENT = _NoAdvertisement()
 
 
+def hide_lightning_tips() -> None:
+    """Install the filter above on Lightning's rank-zero logger (idempotent)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTISEMENT)
+
+
 def eval_logger(root: str | os.PathLike):
     """TensorBoard under `<root>/tb`, one folder per root (a resumed run adds event files there)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTISEMENT)
-
+    hide_lightning_tips()
     return TensorBoardLogger(save_dir=str(root), name="tb", version="", default_hp_metric=False)
 
 

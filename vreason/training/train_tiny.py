@@ -39,6 +39,9 @@ def train_tiny(out: str | Path, seed: int = 0, steps: int = 1800, pool: int = 30
     from vreason.training.data import ChainDataset, Collate, build_pool
     from vreason.training.module import TinyTrainingModule
 
+    from vreason.trainer import hide_lightning_tips
+
+    hide_lightning_tips()
     started = time.perf_counter()
     out = Path(out)
     torch.set_num_threads(threads)
