@@ -99,9 +99,13 @@ class VReasonGenerator:
         that sample generated alone with `generate` (`batch_generation.py`).
 
         seeds: one per row (None entries: `DecodeConfig.seed`), as `generate`'s `seed`. The
-        wall-clock budget is the batch's. A family that does not batch (`adapter.batches()` is
-        False: Qwen3-VL, Qwen3.5, LLaVA-OneVision, InternVL) runs the rows one at a time here
-        through `generate` (its inputs split back per row with `adapter.split_inputs`).
+        wall-clock budget is the batch's.
+
+        Families: Qwen2.5-VL and Qwen2-VL decode the batch at once. Qwen3-VL and Qwen3.5 (own
+        positions and caches; `adapter.batches()` is False) take the same batch layout, which is
+        split back per row (`adapter.split_inputs`) and run one sample at a time through
+        `generate`. LLaVA-OneVision and InternVL have no batch layout here (ValueError): give
+        their per-sample inputs to `generate_samples`, which runs them one at a time.
         """
         if not self.adapter.batches():
             samples = self.adapter.split_inputs(inputs)

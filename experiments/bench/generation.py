@@ -13,6 +13,14 @@ lm_head, one optimization round), process peak RSS and the peak RSS of the gener
 with t_rest = t_token(off) − 4·t_layer (embedding, lm_head, final norm, entropy, sampling, loop).
 
     python experiments/bench/generation.py [--new-tokens 64] [--every-k 2] [--steps 1]
+
+Batched decoding (`--batch`): per mode (off, switch; each in its own process), batches of
+`--batch-sizes` samples (default 1, 4, 8; size 1 runs `generate`, the others `generate_batch`)
+of different clips of the same shape, side by side: decode tokens/s (all rows' new tokens over
+the decode time, prefill excluded), samples/s end to end (prefill included) and the peak RSS of
+each generate call, with the ratios to batch size 1 and switch/off.
+
+    python experiments/bench/generation.py --batch [--batch-sizes 1,4,8] [--frames 4] [--new-tokens 32]
 """
 from __future__ import annotations
 
@@ -151,6 +159,89 @@ def worker(args) -> dict:
     return row
 
 
+def batch_worker(args) -> dict:
+    """One mode, each batch size in turn (ascending, so an earlier call's freed memory cannot hide
+    a later call's peak): prefill and decode times, tokens, and the call's peak RSS."""
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
+    from vreason.models.tiny import tiny_config
+
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(args.processor_dir, local_files_only=True)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(tiny_config(processor.tokenizer, **SHAPES),
+                                                            dtype=torch.bfloat16).eval()
+    model.requires_grad_(False)
+    model.generation_config.eos_token_id = [SHAPES["vocab_size"] - 1]  # never generated: all rows run to the end
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which direction does the square move?"}]}]
+    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    def sample(seed, frames=args.frames, side=args.side):
+        clip = torch.randint(0, 256, (frames, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        return dict(processor(text=[text], videos=[clip], return_tensors="pt", do_sample_frames=False))
+
+    forwards: list[float] = []  # end of each model forward
+    model.register_forward_hook(lambda *_: forwards.append(time.perf_counter()))
+    controller = ControllerConfig(mode=args.mode, every_k=args.every_k, steps=args.steps)
+    # Warm-up on small clips (first-use costs: kernels, the ops' first-use check, allocator growth).
+    warm = VReasonGenerator(model, controller, DecodeConfig(max_new_tokens=3))
+    small = [sample(100 + i, frames=2, side=112) for i in range(2)]
+    warm.generate(**small[0])
+    warm.generate_samples(small)
+    generator = VReasonGenerator(model, controller, DecodeConfig(max_new_tokens=args.new_tokens))
+    rows = {}
+    for size in (int(b) for b in args.batch_sizes.split(",")):
+        samples = [sample(seed) for seed in range(size)]
+        forwards.clear()
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: the peak of this call alone
+        t0 = time.perf_counter()
+        results = generator.generate_samples(samples) if size > 1 else [generator.generate(**samples[0])]
+        total = time.perf_counter() - t0
+        prefill = forwards[0] - t0  # the prompt's forward (vision tower included)
+        rows[size] = dict(total_s=total, prefill_s=prefill, new_tokens=sum(r.num_new_tokens for r in results),
+                          video_tokens=results[0].num_video_tokens, prompt_tokens=results[0].prompt_length,
+                          peak_mb=_vm_hwm_mb(), load=os.getloadavg()[0])
+    return rows
+
+
+def batch_main(args) -> None:
+    from vreason.models.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pixels = args.side * args.side
+        build_tiny_model(Path(tmp) / "proc", seed=0, video_max_pixels=pixels, video_min_pixels=pixels)
+        modes = {}
+        for mode in ("off", "switch"):
+            cmd = [sys.executable, __file__, "--batch-worker", mode, "--processor-dir", str(Path(tmp) / "proc"),
+                   "--new-tokens", str(args.new_tokens), "--every-k", str(args.every_k), "--steps", str(args.steps),
+                   "--frames", str(args.frames), "--side", str(args.side), "--batch-sizes", args.batch_sizes]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            modes[mode] = {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    first = next(iter(modes["off"].values()))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+          f"(load average now {os.getloadavg()[0]:.2f}); bfloat16 weights")
+    print(f"model: Qwen2.5-VL-7B text shapes, {SHAPES['num_hidden_layers']} decoder layers, random weights; per sample "
+          f"{first['prompt_tokens']} prompt tokens of which {first['video_tokens']} video; {args.new_tokens} new tokens; "
+          f"switch: every_k={args.every_k}, steps={args.steps}")
+    print()
+    print("| mode | B | prefill s | decode s | decode tok/s | vs B=1 | samples/s (with prefill) | vs B=1 "
+          "| peak RSS MB | switch/off peak |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for mode, rows in modes.items():
+        base = rows[min(rows)]
+        base_tps = base["new_tokens"] / (base["total_s"] - base["prefill_s"])
+        base_sps = min(rows) / base["total_s"]
+        for size, r in rows.items():
+            tps = r["new_tokens"] / (r["total_s"] - r["prefill_s"])
+            sps = size / r["total_s"]
+            peak = r["peak_mb"] / modes["off"][size]["peak_mb"]
+            print(f"| {mode} | {size} | {r['prefill_s']:.1f} | {r['total_s'] - r['prefill_s']:.1f} | {tps:.2f} | "
+                  f"{tps / base_tps:.2f}x | {sps:.4f} | {sps / base_sps:.2f}x | {r['peak_mb']:.0f} | {peak:.4f} |")
+    print()
+    print("targets: decode tok/s at the largest B >= 4x B=1 (off and switch); peak RSS switch/off <= 1.02 at each B")
+
+
 def _round_over_floor(timings, round_marks, n_layers) -> float:
     """Median over rounds of t_round / (2·t_lm_head + 2·t_layer), each round against the
     one-token forward that produced its logits (the first round, after the prefill, is left out)."""
@@ -235,9 +326,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--side", type=int, default=448, help="frame side in pixels (448 px: 32x32 patches)")
+    parser.add_argument("--batch", action="store_true", help="batched decoding: batch sizes side by side")
+    parser.add_argument("--batch-sizes", default="1,4,8")
     parser.add_argument("--worker", dest="mode", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-worker", dest="batch_mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--processor-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.batch_mode is not None:
+        args.mode = args.batch_mode
+        print(json.dumps(batch_worker(args)))
+        return
+    if args.batch:
+        batch_main(args)
+        return
     if args.mode is not None:
         print(json.dumps(worker(args)))
         return

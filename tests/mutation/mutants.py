@@ -27,6 +27,11 @@ GENERATION = "vreason/generation.py"
 PRUNING = "vreason/pruning.py"
 SAMPLING = "vreason/sampling.py"
 SCORING = "vreason/scoring.py"
+BATCH_CONTROLLER = "vreason/batch_controller.py"
+BATCH_CACHE = "vreason/batch_cache.py"
+BATCH_GENERATION = "vreason/batch_generation.py"
+# Batched rows against each sample alone (float64): padding, Lite re-padding, seeds.
+BATCH_EXACT = "tests/test_batch.py::test_every_row_equals_its_sample_alone_float64"
 # The controller-round oracle (float32; bf16 runs in the suite): exact ΔV, cache and logits.
 ORACLE_F32 = "tests/test_controller_oracle.py::test_round_equals_torch_adam_on_brute_force_gradients[1.0-float32]"
 
@@ -134,4 +139,23 @@ MUTANTS: list[Mutant] = [
            "rerun_last_prompt_token(adapter, cache, prompt, prefill.next_position_ids)",
            ("tests/test_pruning.py::test_pruned_run_keeps_the_unpruned_positions",),
            "the last prompt token runs again at its own position"),
+    # ---- batched decoding: every row must stay the sample it is alone --------------------------
+    Mutant("batch-attends-to-padding", BATCH_CONTROLLER,
+           'scores = scores.masked_fill(self._padding, float("-inf"))', "scores = scores",
+           (BATCH_EXACT,), "a row's round attends to its own tokens only, never to the batch's left padding"),
+    Mutant("batch-padding-slots-attend", BATCH_CONTROLLER,
+           "a_video = probs.gather(-1, index).masked_fill(~self.valid[:, None, None, :], 0.0)",
+           "a_video = probs.gather(-1, index)",
+           (BATCH_EXACT,), "a row's padding slots (fewer video tokens than the longest) carry no attention"),
+    Mutant("batch-lite-index-ignores-the-new-padding", BATCH_CACHE,
+           "new_index = torch.cumsum(keep, 0) - 1 + pad", "new_index = torch.cumsum(keep, 0) - 1",
+           (BATCH_EXACT,), "after Lite each row is left-padded again: its video indices shift by its padding"),
+    Mutant("batch-ignores-per-sample-seeds", BATCH_GENERATION,
+           "decode = self.dcfg if seed is None else dataclasses.replace(self.dcfg, seed=int(seed))",
+           "decode = self.dcfg",
+           (BATCH_EXACT,), "a sample draws from its own seed whatever batch it lands in"),
+    Mutant("batch-finished-rows-keep-their-positions", BATCH_GENERATION,
+           "positions.index_select(1, keep)", "positions[:, : len(stay)]",
+           ("tests/test_batch.py::test_rows_that_stop_early_leave_the_batch",),
+           "a row leaving the batch takes its positions with it"),
 ]
