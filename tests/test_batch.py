@@ -111,7 +111,7 @@ CASES = {
     "switch k2": dict(mode="switch", every_k=2, lr=0.05),
     "minimize k1 steps2 lite": dict(mode="minimize", every_k=1, steps=2, lr=0.1, prune_ratio=0.5),
     "maximize k3 lite sampled": dict(mode="maximize", every_k=3, lr=0.05, prune_ratio=0.5, sample=True),
-    "switch k1 steps2 sampled": dict(mode="switch", every_k=1, steps=2, lr=0.1, sample=True),
+    "switch k1 steps2 sampled penalty": dict(mode="switch", every_k=1, steps=2, lr=0.1, sample=True, penalty=1.3),
 }
 
 
@@ -119,8 +119,9 @@ CASES = {
 def test_every_row_equals_its_sample_alone_float64(tiny64, singles64, case):
     model, _ = tiny64
     cfg = dict(CASES[case])
-    sample = cfg.pop("sample", False)
-    decode = DecodeConfig(max_new_tokens=8, do_sample=sample, temperature=0.9, top_k=40, top_p=0.95, seed=7)
+    sample, penalty = cfg.pop("sample", False), cfg.pop("penalty", 1.0)
+    decode = DecodeConfig(max_new_tokens=8, do_sample=sample, temperature=0.9, top_k=40, top_p=0.95, seed=7,
+                          repetition_penalty=penalty)
     gen = VReasonGenerator(model, ControllerConfig(**cfg), decode)
     seeds = [101, 202, 303, 404] if sample else None
     batch = gen.generate_samples(singles64, seeds=seeds)
@@ -161,6 +162,15 @@ def test_rows_that_stop_early_leave_the_batch(tiny64, singles64):
     # Prefill, Lite's re-run, then one forward per token: B rows, then fewer as rows stop.
     expected = [4, 4] + [4 - sum(r.num_new_tokens <= k for r in batch) for k in range(1, max(r.num_new_tokens for r in batch))]
     assert rows_seen == expected
+
+
+def test_the_time_budget_stops_every_row(tiny64, singles64):
+    model, _ = tiny64
+    gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.1), DecodeConfig(max_new_tokens=8),
+                           max_seconds=1e-9)
+    batch = gen.generate_samples(singles64)
+    assert [(r.stop_reason, r.num_new_tokens) for r in batch] == [("time", 1)] * len(singles64)
+    assert_rows_equal_alone(batch, [gen.generate(**s) for s in singles64], 1e-6)
 
 
 def test_batch_of_one_and_image_only_batch(tiny64):
