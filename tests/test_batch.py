@@ -221,6 +221,8 @@ def test_split_inverts_collate_and_bad_batches_fail_clearly(tiny):
     right = dict(batch, attention_mask=batch["attention_mask"].flip(-1))
     with pytest.raises(ValueError, match="left padding"):
         gen.generate_batch(**right)
+    with pytest.raises(ValueError, match="2 seeds for a batch of 3 samples"):
+        gen.generate_batch(seeds=[1, 2], **batch)
 
 
 # ---- predict_step with --data.batch_size B --------------------------------------------------------

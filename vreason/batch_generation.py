@@ -55,6 +55,8 @@ class BatchRun:
         inputs = adapter.prepare_batch(inputs)
         prompt = inputs["input_ids"]
         rows, device = prompt.shape[0], prompt.device
+        if self.seeds is not None and len(self.seeds) != rows:
+            raise ValueError(f"{len(self.seeds)} seeds for a batch of {rows} samples: give one per sample")
         control = cfg.mode != "off" and cfg.steps > 0
         capture = adapter.capture_last_layer_input() if control else None
         try:
