@@ -76,6 +76,7 @@ def test_collate_rebuilds_missing_token_types_and_refuses_an_empty_batch(tiny):
 # ---- generate_batch: every row equals its sample generated alone ---------------------------------
 
 from vreason import ControllerConfig, DecodeConfig, VReasonGenerator  # noqa: E402
+from test_generation import models, qwen2_vl  # noqa: E402,F401  (fixtures: a tiny Qwen2-VL)
 
 TRACES = ("entropy", "entropy_after", "ema", "alpha")
 # Three videos of different sizes and frame counts (so different prompt lengths and video token
@@ -317,3 +318,12 @@ def test_families_without_batching_run_a_batch_one_sample_at_a_time(family, tmp_
     else:
         with pytest.raises(ValueError, match="does not batch samples"):
             gen.generate_batch(**singles[0])
+
+
+def test_qwen2_vl_batches_too(qwen2_vl):
+    model, processor = qwen2_vl
+    singles = [processor_call(processor, [s]) for s in MIXED[:3]]
+    gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.05, prune_ratio=0.5),
+                           DecodeConfig(max_new_tokens=5))
+    assert adapter_for(model).batches()
+    assert_rows_equal_alone(gen.generate_samples(singles), [gen.generate(**s) for s in singles], 1e-4)
