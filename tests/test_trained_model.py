@@ -56,7 +56,7 @@ def test_predict_accuracy_off_and_switch(tmp_path, bench):
         results[mode] = sum(r["prediction"] == truth[r["index"]]["solution"][8:-9] for r in mc) / len(mc)
         if mode == "off":
             assert all("</think><answer>" in r["output"] for r in records)
-    # 5 of these 8 multiple-choice answers are right with the shipped checkpoint (chance: 2 of 8);
-    # a broken engine falls to chance or below.
-    assert results["off"] >= 0.5
-    assert results["switch"] >= results["off"] - 0.25
+    # All 8 multiple-choice answers are right with the shipped checkpoint (chance: 2 of 8; 300
+    # held-out questions: 100%); a broken engine falls to chance or below.
+    assert results["off"] >= 7 / 8, results
+    assert results["switch"] >= results["off"] - 1 / 8, results

@@ -22,7 +22,7 @@ TRAINED_SIZES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4
 BPE_VOCAB = 1000  # the chains' and the prompt's words become single tokens
 
 
-def train_tiny(out: str | Path, seed: int = 0, steps: int = 1800, pool: int = 3000, batch_size: int = 16,
+def train_tiny(out: str | Path, seed: int = 0, steps: int = 6000, pool: int = 3000, batch_size: int = 16,
                lr: float = 2e-3, threads: int = 1, progress_bar: bool = True, max_minutes: Optional[float] = None,
                **sizes) -> Path:
     """Train and return the checkpoint folder `<out>/model` (TensorBoard under `<out>/tb`).
@@ -78,7 +78,7 @@ def main(args: Sequence[str]) -> Optional[int]:
         "OUT/model (a checkpoint folder for --model.model_path), OUT/tb (TensorBoard) and OUT/training.json."))
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps (default: 1800)")
+    parser.add_argument("--steps", type=int, default=6000, help="optimizer steps (default: 6000)")
     parser.add_argument("--pool", type=int, default=3000, help="distinct training clips (default: 3000)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
