@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from vreason.models.text_decoder import TextDecoderAdapter, check_batch_one
+from vreason.models.hf_layout import checked_ids
+from vreason.models.text_decoder import TextDecoderAdapter
 
 __all__ = ["InternVLAdapter"]
 
@@ -28,7 +29,7 @@ class InternVLAdapter(TextDecoderAdapter):
         self.tokens_per_tile = int(model.config.image_seq_length)
 
     def prepare_inputs(self, inputs: dict) -> dict:
-        inputs = check_batch_one(inputs, _ACCEPTED_KEYS)
+        inputs, _ = checked_ids(inputs, _ACCEPTED_KEYS)
         n_context = int((inputs["input_ids"] == self.context_token_id).sum())
         if n_context == 0:
             raise ValueError(f"the prompt has no image context tokens (<IMG_CONTEXT>, id {self.context_token_id}): "

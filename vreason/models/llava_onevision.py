@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from vreason.models.text_decoder import TextDecoderAdapter, check_batch_one
+from vreason.models.hf_layout import checked_ids
+from vreason.models.text_decoder import TextDecoderAdapter
 
 __all__ = ["LlavaOnevisionAdapter"]
 
@@ -27,7 +28,7 @@ class LlavaOnevisionAdapter(TextDecoderAdapter):
         self.image_token_id = int(model.config.image_token_id)
 
     def prepare_inputs(self, inputs: dict) -> dict:
-        inputs = check_batch_one(inputs, _ACCEPTED_KEYS)
+        inputs, _ = checked_ids(inputs, _ACCEPTED_KEYS)
         input_ids = inputs["input_ids"]
         n_video = int((input_ids == self.video_token_id).sum())
         n_image = int((input_ids == self.image_token_id).sum())

@@ -1,10 +1,8 @@
 """The Qwen2.5-VL and Qwen2-VL adapter: every Qwen-specific detail the generator relies on.
 
-Both families (transformers 5.x) share the layout used here: `model.model.language_model`
-holds `layers` (each with `input_layernorm`, `self_attn.{q,k,v,o}_proj`,
-`post_attention_layernorm`, `mlp`) and the final `norm`; `model.lm_head` has no bias; the text
-model lays cos/sin out for M-RoPE before the layers, so each attention applies plain
-rotate-half rotary with them.
+Both families (transformers 5.x) keep the decoder layout of `hf_layout.py` (the cache, the last
+layer's pieces and the lm_head are reached there); the text model lays cos/sin out for M-RoPE
+before the layers, so each attention applies plain rotate-half rotary with them.
 
 Positions. `generate` builds 4-row position ids for the prompt (a text row `0..P-1` and the
 three M-RoPE rows from `get_rope_index`, which needs `mm_token_type_ids`) and, at every decode
@@ -21,14 +19,11 @@ the same method rather than failing. A prompt with neither is refused.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from vreason.models.adapter import DecoderAdapter, LayerInput, Prefill
-from vreason.models.capture import LastLayerCapture
+from vreason.models.adapter import Prefill
+from vreason.models.hf_layout import HFDecoderLayout, checked_ids
 from vreason.models.qwen_batch import QwenBatching
-from vreason.tail import DenseTail
 
 __all__ = ["QwenVLAdapter"]
 
@@ -48,43 +43,13 @@ _ACCEPTED_KEYS = frozenset(
 _IMAGE_TYPE, _VIDEO_TYPE = 1, 2
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-class QwenVLAdapter(QwenBatching, DecoderAdapter):
+class QwenVLAdapter(QwenBatching, HFDecoderLayout):
     def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
+        super().__init__(model)
         self.is_qwen2_5 = getattr(model.config, "model_type", "") == "qwen2_5_vl"
-        self.text_model = model.model.language_model
-        self.layers = self.text_model.layers
-        self.last_layer = self.layers[-1]
-        attn = self.last_layer.self_attn
-        text_cfg = model.config.get_text_config()
-        self.num_heads = int(text_cfg.num_attention_heads)
-        self.num_kv_heads = int(text_cfg.num_key_value_heads)
-        self.head_dim = int(attn.head_dim)
-        self.scaling = float(attn.scaling)
-        self.vocab_size = int(model.lm_head.weight.shape[0])
         self.video_token_id = int(model.config.video_token_id)
         self.image_token_id = int(model.config.image_token_id)
         self.spatial_merge = int(model.config.vision_config.spatial_merge_size)
-        if getattr(model.lm_head, "bias", None) is not None:
-            raise ValueError("lm_head with a bias is not supported")
-        eos = getattr(model.generation_config, "eos_token_id", None)
-        if eos is None:
-            eos = getattr(text_cfg, "eos_token_id", None)
-        if eos is None:
-            raise ValueError("the model's generation config names no eos_token_id: generation could not stop")
-        self.eos_token_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-        # transformers 5.24 renamed the cache keyword and output field `past_key_values` to `cache`
-        # (and warns on every call with the old name); 5.23 knows only the old one.
-        self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -94,25 +59,10 @@ class QwenVLAdapter(QwenBatching, DecoderAdapter):
     def _checked(self, inputs: dict, batch: bool) -> dict:
         """The checks of `prepare_inputs`; with `batch`, any number of left-padded rows (the
         padding given by `attention_mask`, kept), each with its own video or image tokens."""
-        unknown = sorted(k for k in inputs if k not in _ACCEPTED_KEYS)
-        if unknown:
-            raise ValueError(f"unexpected input(s) {', '.join(unknown)}; accepted: {', '.join(sorted(_ACCEPTED_KEYS))}")
-        inputs = {k: v for k, v in inputs.items() if v is not None}
-        if "input_ids" not in inputs:
-            raise ValueError("input_ids is required")
-        input_ids = torch.as_tensor(inputs["input_ids"])
-        if input_ids.ndim == 1:
-            input_ids = input_ids[None]
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        if input_ids.shape[0] != 1 and not batch:
-            raise ValueError(f"batch size {input_ids.shape[0]} is not supported yet: pass one sample at a time")
-        inputs["input_ids"] = input_ids
-        mask = inputs.pop("attention_mask", None)
+        inputs, mask = checked_ids(inputs, _ACCEPTED_KEYS, batch)
+        input_ids = inputs["input_ids"]
         if batch:
             inputs["attention_mask"] = self._left_padding(input_ids, mask)
-        elif mask is not None and (mask.shape[-1] != input_ids.shape[-1] or not bool((mask != 0).all())):
-            raise ValueError("attention_mask must be all ones over input_ids (padding is not supported at batch size 1)")
 
         is_video = input_ids == self.video_token_id
         is_image = input_ids == self.image_token_id
@@ -219,45 +169,3 @@ class QwenVLAdapter(QwenBatching, DecoderAdapter):
             return_dict=True,
         )
         return out.logits[:, -1]
-
-    # ---- cache ---------------------------------------------------------------------------------
-
-    def cache_kv(self, cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        entry = cache.layers[layer]
-        return entry.keys, entry.values
-
-    def set_cache_kv(self, cache, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        entry = cache.layers[layer]
-        entry.keys, entry.values = keys, values
-
-    # ---- the last layer, piece by piece ----------------------------------------------------------
-
-    def capture_last_layer_input(self) -> LastLayerCapture:
-        return LastLayerCapture(self.last_layer, self.dense_tail())
-
-    def dense_tail(self) -> DenseTail | None:
-        if not hasattr(self, "_dense_tail"):
-            self._dense_tail = DenseTail.of(self.last_layer, self.text_model.norm)
-        return self._dense_tail
-
-    def query(self, layer_input: LayerInput) -> torch.Tensor:
-        layer = self.last_layer
-        q = layer_input.q
-        if q is None:  # not captured: the projection again
-            q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
-        rows = q.shape[0]
-        q = q.view(rows, 1, self.num_heads, self.head_dim).transpose(1, 2)  # [rows, heads, 1, head_dim]
-        cos, sin = layer_input.cos.unsqueeze(1), layer_input.sin.unsqueeze(1)
-        q = q * cos + _rotate_half(q) * sin
-        groups = self.num_heads // self.num_kv_heads
-        return q.float().reshape(rows, self.num_kv_heads, groups, self.head_dim) * self.scaling
-
-    def tail(self, layer_input: LayerInput, attn: torch.Tensor) -> torch.Tensor:
-        layer = self.last_layer
-        hidden = layer_input.hidden + layer.self_attn.o_proj(attn)
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.text_model.norm(hidden)
-
-    def lm_head_weight(self) -> torch.Tensor:
-        return self.model.lm_head.weight
-

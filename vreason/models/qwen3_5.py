@@ -26,8 +26,7 @@ import torch
 
 from vreason.models.adapter import LayerInput
 from vreason.models.qwen2_5_vl import QwenVLAdapter
-from vreason.models.sharding import check_placement
-from vreason.models.text_decoder import rotate_half
+from vreason.models.hf_layout import rotate_half
 
 __all__ = ["Qwen3_5Adapter"]
 
@@ -40,8 +39,6 @@ class Qwen3_5Adapter(QwenVLAdapter):
         if self.layer_types[-1] != _FULL:
             raise ValueError(f"the last decoder layer is {self.layer_types[-1]!r}: V-Reason needs full attention there")
         super().__init__(model)
-        check_placement(model)
-        self.q_norm = self.last_layer.self_attn.q_norm
         self.full_layers = tuple(i for i, kind in enumerate(self.layer_types) if kind == _FULL)
         self._prompt: dict | None = None  # the last prefill's inputs, for Lite's re-run
 

@@ -5,7 +5,7 @@ Against Qwen2.5-VL (`qwen2_5_vl.py`, whose inputs, positions, prefill, decode an
 this adapter inherits) three things differ:
 
 - Queries and keys pass through a per-head RMSNorm (`q_norm`, `k_norm`) before rotary; keys are
-  cached after it, so only the query needs it here.
+  cached after it, so only the query needs it (`hf_layout.py`'s `query` applies a layer's `q_norm`).
 - Interleaved M-RoPE: the text model lays cos/sin out per head dimension before the layers, so
   the last layer's captured `(cos, sin)` already carry the interleaving and the rotation is the
   same rotate-half. Positions: `generate`'s 4 rows (text + `get_rope_index`'s three, which split
@@ -23,36 +23,15 @@ prompt after the media) would break that and is refused.
 """
 from __future__ import annotations
 
-import torch
-
-from vreason.models.adapter import LayerInput
 from vreason.models.qwen2_5_vl import QwenVLAdapter
-from vreason.models.sharding import check_placement
-from vreason.models.text_decoder import rotate_half
 
 __all__ = ["Qwen3VLAdapter"]
 
 
 class Qwen3VLAdapter(QwenVLAdapter):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__(model)
-        check_placement(model)
-        self.q_norm = self.last_layer.self_attn.q_norm
-
     def prepare_inputs(self, inputs: dict) -> dict:
         inputs = super().prepare_inputs(inputs)
         last = int(inputs["input_ids"][0, -1])
         if last in (self.video_token_id, self.image_token_id):
             raise ValueError("the prompt ends with a visual token: add the generation prompt after the media")
         return inputs
-
-    def query(self, layer_input: LayerInput) -> torch.Tensor:
-        layer = self.last_layer
-        q = layer_input.q
-        if q is None:  # not captured: the projection again
-            q = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
-        q = self.q_norm(q.view(1, 1, self.num_heads, self.head_dim)).transpose(1, 2)  # [1, heads, 1, head_dim]
-        cos, sin = layer_input.cos.unsqueeze(1), layer_input.sin.unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        groups = self.num_heads // self.num_kv_heads
-        return q.float().reshape(1, self.num_kv_heads, groups, self.head_dim) * self.scaling
