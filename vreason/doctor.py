@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import math
 import struct
 import sys
 import tempfile
 import traceback
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
@@ -199,11 +199,11 @@ def check_switch_gradient(model, processor, device: torch.device) -> str:
         new_values = reference.value_update(ctrl.v0, delta)
         index = pre.video_positions.view(1, 1, -1, 1).expand(1, ctrl.v0.shape[1], -1, ctrl.v0.shape[-1])
         entry.values = entry.values.float().scatter(-2, index, new_values).to(values.dtype)
-        with warnings.catch_warnings():  # transformers' keyword rename, nothing a user can act on
-            warnings.simplefilter("ignore", FutureWarning)
-            out = adapter.last_layer(layer_input.hidden, attention_mask=None,
-                                     position_embeddings=(layer_input.cos, layer_input.sin), past_key_values=past,
-                                     use_cache=True)
+        # transformers 5.24 renamed the layers' `past_key_values` keyword to `cache`.
+        cache_kw = "cache" if "cache" in inspect.signature(adapter.last_layer.forward).parameters else "past_key_values"
+        out = adapter.last_layer(layer_input.hidden, attention_mask=None,
+                                 position_embeddings=(layer_input.cos, layer_input.sin), use_cache=True,
+                                 **{cache_kw: past})
         out = out[0] if isinstance(out, tuple) else out
         logits = model.lm_head(adapter.text_model.norm(out))[:, -1]
         loss = alpha * (math.log(logits.shape[-1]) - reference.entropy(logits.float()))

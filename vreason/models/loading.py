@@ -8,6 +8,7 @@ download attempt or a pickle load.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -98,7 +99,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
         raise ModelLoadError(f"device_map must be 'auto' or a {{module: device}} mapping, got {device_map!r}")
     if max_memory is not None and device_map is None:
         raise ModelLoadError("max_memory needs device_map (e.g. device_map='auto')")
-    placement = {}
+    placement, planned = {}, False
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         if device_map is not None:
@@ -107,15 +108,20 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
             if device_map == "auto":
                 config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
                 device_map = sharding.plan_device_map(config, _weights_dtype(torch_dtype, config), max_memory)
+                planned = True
             placement = dict(device_map=device_map, offload_folder=None if offload_folder is None else str(offload_folder))
-        model = AutoModelForImageTextToText.from_pretrained(
-            path,
-            dtype=torch_dtype,
-            local_files_only=True,
-            trust_remote_code=False,
-            use_safetensors=True,
-            **placement,
-        )
+        with warnings.catch_warnings():
+            if planned:  # our plan names a parameter (LLaVA-OneVision's image_newline) on purpose;
+                # accelerate's check knows modules only and would warn about it on every load.
+                warnings.filterwarnings("ignore", message="The following device_map keys do not match any submodules")
+            model = AutoModelForImageTextToText.from_pretrained(
+                path,
+                dtype=torch_dtype,
+                local_files_only=True,
+                trust_remote_code=False,
+                use_safetensors=True,
+                **placement,
+            )
         if device_map is not None:
             sharding.check_placement(model)
     except ModelLoadError:
