@@ -1,7 +1,6 @@
 """The evaluation metrics: protocol scores, token and entropy statistics, the overall row."""
 import numpy as np
 import pytest
-import torch
 
 from vreason.metrics import BenchmarkMetric, EvalMetrics, overall_row
 from vreason.scoring import aggregate

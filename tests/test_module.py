@@ -19,7 +19,7 @@ MAX_NEW = 16
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
-    model = build_tiny_model(root / "model")
+    build_tiny_model(root / "model")
     bench = write_synthetic_benchmark(root / "data", n=N_GOOD, seed=1, num_frames=8, with_errors=True)
     return {"model": str(root / "model"), "bench": str(bench), "entries": json.loads(bench.read_text())}
 

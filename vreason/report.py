@@ -10,7 +10,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from vreason.metrics import EvalMetrics, is_close, overall_row
 from vreason.records import PREDICTIONS_DIR, RESULTS_DIR, json_default, read_predictions, safe_name, write_atomic

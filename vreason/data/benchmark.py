@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vreason.protocol import DATA_TYPES, DEFAULT_TEMPLATE, MULTIPLE_CHOICE, PROBLEM_TYPES, THINK_PROMPT, TYPE_SUFFIX
+from vreason.protocol import DATA_TYPES, DEFAULT_TEMPLATE, MULTIPLE_CHOICE, PROBLEM_TYPES, TYPE_SUFFIX
 
 REQUIRED_FIELDS = ("problem", "problem_type", "solution", "path")
 _OPTION = re.compile(r"^[A-Z]\.(\s|$)")
