@@ -90,6 +90,16 @@ void check_value_update_inplace(const at::Tensor& cache, const at::Tensor& posit
               cache.size(0), ", ", cache.size(1), ", ", positions.size(0), ", ", cache.size(3), "], got ", shape_of(v0));
 }
 
+void check_vecmat(const at::Tensor& g, const at::Tensor& weight) {
+  check_same_device("vecmat", "weight", weight, g, "g");
+  TORCH_CHECK(g.dim() == 2 && weight.dim() == 2 && g.size(1) == weight.size(0), "vreason.ops.vecmat: g must be ",
+              "[samples, rows] and weight [rows, cols], got g ", shape_of(g), " and weight ", shape_of(weight));
+  const auto t = weight.scalar_type();
+  TORCH_CHECK(is_reduced_or_single(t) || t == at::kDouble, "vreason.ops.vecmat: weight must be float32, float16, ",
+              "bfloat16 or float64, got ", t);
+  TORCH_CHECK(g.is_floating_point(), "vreason.ops.vecmat: g must be a float tensor, got ", g.scalar_type());
+}
+
 void fail_bad_entropy_row(const char* op, int64_t row, const at::Tensor& logits) {
   TORCH_CHECK(false, "vreason.ops.", op, ": row ", row, " of logits ", shape_of(logits),
               " (rows counted over the leading dimensions) is all -inf or contains NaN/+inf; its entropy is undefined");
@@ -140,6 +150,9 @@ TORCH_LIBRARY(vreason, m) {
   // Returns nothing: torch cannot functionalize (torch.compile, opcheck) a custom op whose
   // output aliases an input; the Python front returns the cache.
   m.def("value_update_(Tensor(a!) cache, Tensor positions, Tensor v0, Tensor delta) -> ()");
+  // g @ weight for a few rows g (a linear layer's input gradient for one token), float32
+  // (float64 for a float64 weight); not differentiable (it is itself a backward).
+  m.def("vecmat(Tensor g, Tensor weight) -> Tensor");
 }
 
 }  // namespace vreason

@@ -17,6 +17,7 @@ void check_value_update_backward(const at::Tensor& grad, const at::Tensor& v0, c
                                  bool allow_double);
 void check_value_update_inplace(const at::Tensor& cache, const at::Tensor& positions, const at::Tensor& v0,
                                 const at::Tensor& delta, bool allow_double);
+void check_vecmat(const at::Tensor& g, const at::Tensor& weight);
 [[noreturn]] void fail_bad_entropy_row(const char* op, int64_t row, const at::Tensor& logits);
 [[noreturn]] void fail_bad_position(int64_t index, int64_t position, int64_t seq);
 [[noreturn]] void fail_repeated_position(int64_t index, int64_t first, int64_t position);

@@ -475,7 +475,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.vreason.value_update_.default, (cache, positions, v0, delta))
 
 
-OPS = ["entropy", "entropy_backward", "value_update", "value_update_backward", "value_update_"]
+OPS = ["entropy", "entropy_backward", "value_update", "value_update_backward", "value_update_", "vecmat"]
 
 
 @pytest.mark.parametrize("name", OPS)

@@ -83,6 +83,7 @@ struct Vec {
 }  // namespace vreason::avx2
 
 #include "cpu/entropy_simd.h"
+#include "cpu/vecmat_simd.h"
 
 namespace vreason::avx2 {
 
@@ -115,6 +116,15 @@ void entropy_grad(const c10::BFloat16* z, int64_t n, const math::EntropyGradRow<
 }
 void entropy_grad(const c10::Half* z, int64_t n, const math::EntropyGradRow<float>& row, c10::Half* out) {
   simd::entropy_grad_impl<Vec>(z, n, row, out);
+}
+
+void vecmat_rows(const float* g, int64_t samples, int64_t g_stride, const c10::BFloat16* w, int64_t rows,
+                 int64_t cols, float* acc) {
+  simd::vecmat_rows_impl<Vec>(g, samples, g_stride, w, rows, cols, acc);
+}
+void vecmat_rows(const float* g, int64_t samples, int64_t g_stride, const c10::Half* w, int64_t rows, int64_t cols,
+                 float* acc) {
+  simd::vecmat_rows_impl<Vec>(g, samples, g_stride, w, rows, cols, acc);
 }
 
 }  // namespace vreason::avx2

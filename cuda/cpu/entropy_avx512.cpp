@@ -1,5 +1,5 @@
 // The SIMD entropy loops (entropy_simd.h) at 16 lanes: AVX-512F, float32 only (bf16/fp16 keep
-// the AVX2 loops). Only AVX-512F instructions are used (masks instead of the DQ-only and_ps), so
+// the AVX2 loops); and vecmat's row loop (vecmat_simd.h) for bf16 weights. Only AVX-512F instructions are used (masks instead of the DQ-only and_ps), so
 // any AVX-512 CPU runs them; only this unit's own functions are compiled for that target (the
 // pragma region below, opened after every library header), so the extension still loads on CPUs
 // without AVX-512.
@@ -40,6 +40,11 @@ struct Vec {
   static Reg zero() { return _mm512_setzero_ps(); }
   static Reg set1(float v) { return _mm512_set1_ps(v); }
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  // bf16 → float32 is a 16-bit shift into the high half (exact).
+  static Reg load(const c10::BFloat16* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
   static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
@@ -61,6 +66,7 @@ struct Vec {
 }  // namespace vreason::avx512
 
 #include "cpu/entropy_simd.h"
+#include "cpu/vecmat_simd.h"
 
 namespace vreason::avx512 {
 
@@ -77,6 +83,11 @@ math::EntropyState<float> entropy_state_exp(const float* z, int64_t n, float* e,
 void entropy_grad_from_exp(const float* z, int64_t n, const float* e, const float* chunk_m,
                            const math::EntropyGradRow<float>& row, float* out) {
   simd::entropy_grad_from_exp_impl<Vec>(z, n, e, chunk_m, row, out);
+}
+
+void vecmat_rows(const float* g, int64_t samples, int64_t g_stride, const c10::BFloat16* w, int64_t rows,
+                 int64_t cols, float* acc) {
+  simd::vecmat_rows_impl<Vec>(g, samples, g_stride, w, rows, cols, acc);
 }
 
 }  // namespace vreason::avx512

@@ -1,6 +1,6 @@
-// The SIMD entropy row loops of the CPU kernels: one algorithm (entropy_simd.h, a template over
-// the vector width) compiled once per target in its own unit, entropy_avx2.cpp (8 lanes) and
-// entropy_avx512.cpp (16 lanes). Those units compile their functions for their target only, so
+// The SIMD row loops of the CPU kernels: one algorithm each (entropy_simd.h and vecmat_simd.h,
+// templates over the vector width) compiled once per target in its own unit, entropy_avx2.cpp
+// (8 lanes) and entropy_avx512.cpp (16 lanes). Those units compile their functions for their target only, so
 // the extension still loads and runs (scalar path) on CPUs without it; callers check supported()
 // first.
 #pragma once
@@ -34,6 +34,13 @@ void entropy_grad(const float* z, int64_t n, const math::EntropyGradRow<float>& 
 void entropy_grad(const c10::BFloat16* z, int64_t n, const math::EntropyGradRow<float>& row, c10::BFloat16* out);
 void entropy_grad(const c10::Half* z, int64_t n, const math::EntropyGradRow<float>& row, c10::Half* out);
 
+// vecmat's row loop (vecmat_simd.h): acc[s, :] += Σ_r g[s·g_stride + r] · w[r, :] over `rows`
+// rows of a row-major [rows, cols] weight, float32 accumulators.
+void vecmat_rows(const float* g, int64_t samples, int64_t g_stride, const c10::BFloat16* w, int64_t rows,
+                 int64_t cols, float* acc);
+void vecmat_rows(const float* g, int64_t samples, int64_t g_stride, const c10::Half* w, int64_t rows, int64_t cols,
+                 float* acc);
+
 }  // namespace vreason::avx2
 
 // AVX-512F: float32 only (the forward and the exp-reusing backward, the hot paths at vocab
@@ -48,5 +55,9 @@ int64_t exp_chunks(int64_t n);
 math::EntropyState<float> entropy_state_exp(const float* z, int64_t n, float* e, float* chunk_m);
 void entropy_grad_from_exp(const float* z, int64_t n, const float* e, const float* chunk_m,
                            const math::EntropyGradRow<float>& row, float* out);
+
+// vecmat's row loop for bf16 weights (fp16 keeps the AVX2 one).
+void vecmat_rows(const float* g, int64_t samples, int64_t g_stride, const c10::BFloat16* w, int64_t rows,
+                 int64_t cols, float* acc);
 
 }  // namespace vreason::avx512

@@ -140,9 +140,18 @@ void value_update_inplace_cuda(at::Tensor& cache, const at::Tensor& positions, c
   }
 }
 
+// cuBLAS runs `g·W` at bandwidth in either orientation, so the CUDA backend's vecmat is its
+// product in the weight's dtype (float32 accumulation inside), widened like the CPU kernel's.
+at::Tensor vecmat_cuda(const at::Tensor& g, const at::Tensor& weight) {
+  check_vecmat(g, weight);
+  const auto wide = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::mm(g.to(weight.scalar_type()), weight).to(wide);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(vreason, CUDA, m) {
+  m.impl("vecmat", &vecmat_cuda);
   m.impl("entropy", &entropy_cuda);
   m.impl("entropy_backward", &entropy_backward_cuda);
   m.impl("value_update", &value_update_cuda);

@@ -1,5 +1,5 @@
 // The CPU kernels against naive double-precision loops on small inputs (entropy forward and
-// backward, value_update forward and backward, the in-place update), on every SIMD level the CPU
+// backward, value_update forward and backward, the in-place update, vecmat), on every SIMD level the CPU
 // has (scalar, AVX2, AVX-512F), each selected and labelled by its level, plus the operator
 // registrations. VREASON_REQUIRE_SIMD_LEVEL=N fails the test on a CPU whose highest level is
 // below N (CI sets it, so a missing path is a failure rather than a silent skip). Exit code 0 iff
@@ -167,9 +167,44 @@ void test_value_update_inplace(at::ScalarType dtype) {
   check(raised, "value_update_ raises on an out-of-range position" + tag);
 }
 
+// g @ W over row counts with unroll remainders and several of the kernel's 1,024-row parts, and
+// column counts with lane remainders.
+void test_vecmat(at::ScalarType dtype, int level) {
+  const std::string tag = std::string(" [") + c10::toString(dtype) + ", " + level_name(level) + "]";
+  vreason::set_simd_level(level);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("vreason::vecmat", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  const int64_t shapes[][3] = {{1, 1, 1}, {7, 9, 2}, {2051, 33, 3}, {1024, 16, 1}};
+  for (const auto& shape : shapes) {
+    const int64_t rows = shape[0], cols = shape[1], samples = shape[2];
+    const at::Tensor w = at::randn({rows, cols}).to(dtype);
+    const at::Tensor g = at::randn({samples, rows});
+    const at::Tensor out = op.call(g, w);
+    const at::Tensor wd = w.to(at::kDouble).contiguous(), gd = g.to(at::kDouble).contiguous();
+    const double* wp = wd.const_data_ptr<double>();
+    const double* gp = gd.const_data_ptr<double>();
+    bool ok = out.scalar_type() == at::kFloat && out.size(0) == samples && out.size(1) == cols;
+    const at::Tensor got = out.to(at::kDouble).contiguous();
+    const double* op_out = got.const_data_ptr<double>();
+    for (int64_t s = 0; ok && s < samples; ++s) {
+      for (int64_t c = 0; c < cols; ++c) {
+        double want = 0.0, scale = 0.0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const double term = gp[s * rows + r] * wp[r * cols + c];
+          want += term;
+          scale += std::fabs(term);
+        }
+        ok = ok && std::fabs(op_out[s * cols + c] - want) <= 1e-6 * scale + 1e-6;
+      }
+    }
+    check(ok, "vecmat " + std::to_string(rows) + "x" + std::to_string(cols) + " rows " + std::to_string(samples) + tag);
+  }
+}
+
 void test_registrations() {
   for (const char* name : {"vreason::entropy", "vreason::entropy_backward", "vreason::value_update",
-                           "vreason::value_update_backward", "vreason::value_update_"}) {
+                           "vreason::value_update_backward", "vreason::value_update_", "vreason::vecmat"}) {
     const auto op = c10::Dispatcher::singleton().findSchema({name, ""});
     check(op.has_value() && op->hasKernelForDispatchKey(c10::DispatchKey::CPU),
           std::string("CPU kernel registered for ") + name);
@@ -187,6 +222,7 @@ int main() {
   }
   for (int level = top; level >= 0; --level) {
     for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) test_entropy(dtype, level);
+    for (auto dtype : {at::kBFloat16, at::kHalf}) test_vecmat(dtype, level);
   }
   vreason::set_simd_level(top);
   test_value_update();

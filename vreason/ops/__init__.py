@@ -6,8 +6,10 @@
   differentiable.
 - `value_update_(cache, positions, v0, delta)`: the same, written in place into
   `cache[:, :, positions, :]`; returns `cache`.
+- `vecmat(g, weight)`: `g @ weight` for a few rows `g` in float32 (a linear layer's input
+  gradient for one token, the controller's backward products); not differentiable.
 
-`reference` holds the same three in plain torch (the tests' oracle); `eager` the same as
+`reference` holds the same in plain torch (the tests' oracle); `eager` the same as
 sync-free torch compositions, which `guard` compares each op with at its first use on a CUDA
 device (and falls back to on a mismatch, with one warning; VREASON_SELFTEST=0 turns that off).
 
@@ -18,8 +20,8 @@ backward) and bad positions make `value_update_` write nothing; set VREASON_CUDA
 have the CUDA ops sync and raise the CPU's errors.
 
 CPU: the entropy row loops use AVX2/FMA/F16C, and for float32 AVX-512F, when the CPU has them
-(chosen at run time; `_C.simd_level()` says which); VREASON_DISABLE_SIMD=1 at import forces the
-scalar path.
+(chosen at run time; `_C.simd_level()` says which), as does `vecmat` for bf16 weights (AVX2 for
+fp16); VREASON_DISABLE_SIMD=1 at import forces the scalar path.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 from vreason.ops import eager, reference
 from vreason.ops.guard import FirstUseGuard
 
-__all__ = ["entropy", "value_update", "value_update_", "built_with_cuda", "reference"]
+__all__ = ["entropy", "value_update", "value_update_", "vecmat", "built_with_cuda", "reference"]
 
 
 def _value_update_inplace(cache, positions, v0, delta):
@@ -93,6 +95,19 @@ def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor
     return fn(cache, positions, v0, delta)
 
 
+def vecmat(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`g @ weight` for `g` `[samples, rows]` and a row-major `weight` `[rows, cols]`: float32
+    `[samples, cols]` (float64 for a float64 weight).
+
+    The backward of a linear layer for one token (`∂L/∂x = ∂L/∂y · W`). On CPU with a bf16 (or
+    fp16) weight it reads W row by row into float32 accumulators, at memory bandwidth, where
+    torch's matmul runs this orientation at about half speed and rounds to bf16; float32/float64
+    weights and CUDA use the BLAS product. Not differentiable (it is itself a backward product);
+    no first-use guard (no CUDA kernel of ours: cuBLAS computes it there).
+    """
+    return torch.ops.vreason.vecmat.default(g, weight)
+
+
 # ---- fake (meta) kernels: shapes and dtypes for torch.compile / FakeTensor ---------------------
 
 def _entropy_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -128,6 +143,14 @@ def _(cache, positions, v0, delta):
         positions.device == cache.device and v0.device == cache.device and delta.device == cache.device,
         lambda: "vreason.ops.value_update_: cache, positions, v0 and delta must be on the same device",
     )
+
+
+@torch.library.register_fake("vreason::vecmat")
+def _(g, weight):
+    torch._check(g.dim() == 2 and weight.dim() == 2 and g.shape[1] == weight.shape[0],
+                 lambda: "vreason.ops.vecmat: g must be [samples, rows] and weight [rows, cols]")
+    wide = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return g.new_empty((g.shape[0], weight.shape[1]), dtype=wide)
 
 
 # ---- autograd ------------------------------------------------------------------------------------

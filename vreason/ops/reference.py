@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["entropy", "value_update", "value_update_"]
+__all__ = ["entropy", "value_update", "value_update_", "vecmat"]
 
 
 def _math_dtype(t: torch.Tensor) -> torch.dtype:
@@ -43,3 +43,9 @@ def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor
     dtype) and returns `cache`."""
     cache[:, :, positions, :] = value_update(v0, delta).to(cache.dtype)
     return cache
+
+
+def vecmat(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`g @ weight` computed in float64 and returned in float32 (float64 for a float64 weight)."""
+    out = g.double() @ weight.double()
+    return out if weight.dtype == torch.float64 else out.float()
