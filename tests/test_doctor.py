@@ -15,9 +15,9 @@ def test_doctor_passes_on_cpu(capsys):
     for line in ("torch", "vreason._C", "CPU SIMD", "transformers", "lightning", "decord"):
         assert line in out
     rows = [r for r in out.splitlines() if r.startswith("| ") and ("PASS" in r or "FAIL" in r)]
-    # entropy and value_update in two dtypes, the tiny model's build, off decoding, switch gradient
-    assert len(rows) == 7 and all("| PASS" in r for r in rows), out
-    assert "7 of 7 checks passed" in out
+    # entropy, value_update and vecmat in two dtypes, the tiny model's build, off decoding, switch gradient
+    assert len(rows) == 9 and all("| PASS" in r for r in rows), out
+    assert "9 of 9 checks passed" in out
 
 
 def test_doctor_fails_on_a_wrong_kernel(monkeypatch, capsys):

@@ -34,8 +34,6 @@ from vreason.models.adapter import DecoderAdapter, LayerInput
 
 __all__ = ["ValueController", "AttentionConstants", "GuardedAdam"]
 
-_LM_BLOCK_ROWS = 8192
-
 
 class GuardedAdam:
     """torch.optim.Adam's update (no weight decay, no amsgrad) on one float32 tensor, with the
@@ -88,15 +86,6 @@ class AttentionConstants:
         self.o_rest = o_rest
 
 
-def _lm_blocks(vocab: int, target_rows: int = _LM_BLOCK_ROWS) -> int:
-    """How many equal row blocks the lm_head backward splits the weight into: the divisor of
-    `vocab` whose block is nearest `target_rows` (1 for a vocabulary under two blocks)."""
-    if vocab < 2 * target_rows:
-        return 1
-    divisors = [d for d in range(1, vocab // 1024 + 1) if vocab % d == 0]
-    return min(divisors, key=lambda d: abs(vocab // d - target_rows))
-
-
 class ValueController:
     """ΔV for one sample: created after prefill (and Lite), discarded when the sample ends.
 
@@ -118,9 +107,6 @@ class ValueController:
         self.lm_weight = adapter.lm_head_weight()
         self.model_dtype = self.lm_weight.dtype
         self.dense = adapter.dense_tail()
-        vocab, hidden = self.lm_weight.shape
-        blocks = _lm_blocks(vocab)
-        self._lm_blocks = self.lm_weight.view(blocks, vocab // blocks, hidden)
         self._values: tuple | None = None  # (ΔV, leaf, V(leaf)): value_update's graph at that ΔV
 
     def _init_values(self, cache, video_index: torch.Tensor) -> None:
@@ -225,18 +211,13 @@ class ValueController:
     def _grad_hidden(self, logits: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(L, ∂L/∂h)` with `∂L/∂h = ∂L/∂z · W_lm`, the lm_head's backward for one token.
 
-        `g @ W` over the whole `[vocab, hidden]` weight runs at about half the speed of the
-        forward's `h @ Wᵀ` on CPU (bf16, measured); one batched product over equal row blocks of
-        W (a view, no copy) recovers most of it. Each block's partial product comes out in the
-        model's dtype (CPU matmuls have no wider output for bf16 inputs) and the blocks are summed
-        in float32, the result's dtype.
+        `ops.vecmat`: torch's CPU `g @ W` over the `[vocab, hidden]` bf16 weight runs at about half
+        the speed of the forward's `h @ Wᵀ` and rounds to bf16; vecmat reads W row by row at
+        bandwidth and sums every row in float32 (float64 for a float64 model), the result's dtype.
+        One row per sample of a batch.
         """
         loss, grad_z = self.loss_grad_logits(logits, alpha)
-        blocks, rows, _ = self._lm_blocks.shape
-        # One row per sample of a batch: [samples, blocks, rows] → [blocks, samples, rows].
-        grad_z = grad_z.to(self.model_dtype).view(-1, blocks, rows).transpose(0, 1)
-        parts = torch.bmm(grad_z, self._lm_blocks)  # [blocks, samples, hidden]
-        return loss, parts.sum(0, dtype=torch.float32)
+        return loss, ops.vecmat(grad_z.reshape(-1, grad_z.shape[-1]), self.lm_weight)
 
     # ---- one round ----------------------------------------------------------------------------
 

@@ -218,6 +218,16 @@ def check_switch_gradient(model, processor, device: torch.device) -> str:
 
 # ---- the command ---------------------------------------------------------------------------
 
+def check_vecmat(device: torch.device, dtype: torch.dtype) -> str:
+    from vreason.ops import reference
+
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(4099, 515, generator=gen).to(device=device, dtype=dtype)
+    g = torch.randn(2, 4099, generator=gen).to(device)
+    _close("g @ weight", _vreason_ops().vecmat.default(g, weight), reference.vecmat(g, weight), 1e-4)
+    return "[2, 4099] @ [4099, 515]"
+
+
 def run_checks(device: torch.device) -> list[tuple[str, str, bool, str]]:
     """(check, dtype, passed, detail) per check; a check that raises fails with its message."""
     results = []
@@ -235,6 +245,7 @@ def run_checks(device: torch.device) -> list[tuple[str, str, bool, str]]:
         name = str(dtype).removeprefix("torch.")
         run("ops.entropy vs reference", name, lambda: check_entropy(device, dtype))
         run("ops.value_update vs reference", name, lambda: check_value_update(device, dtype))
+        run("ops.vecmat vs reference", name, lambda: check_vecmat(device, dtype))
     with tempfile.TemporaryDirectory(prefix="vreason-doctor-") as tmp:
         loaded: list = []
         run("tiny model: build and load", "float32", lambda: (loaded.extend(_tiny_model(device, Path(tmp))), "ok")[1])

@@ -4,8 +4,8 @@ The tail is what follows the last layer's attention: `o_proj`, the residual add,
 SwiGLU MLP (`down(silu(gate(x)) · up(x))`), the second residual add and the final RMSNorm. A
 controller round differentiates it for one token with respect to the attention output. Autograd
 over it records a graph, saves what it saved anyway and runs a generic engine; written out by
-hand the backward is four matrix-vector products (`o_proj`, `gate`, `up`, `down` transposed)
-and a few dozen element-wise operations, with no graph and a fixed sequence of operations.
+hand the backward is four vector-matrix products (`ops.vecmat` with `o_proj`, `gate`, `up`,
+`down`) and a few dozen element-wise operations, with no graph and a fixed sequence of operations.
 
 Why the activations are captured (`TailCapture`). The model's own forward of the current token
 already computed the tail at the current ΔV, so the first step of a round differentiates at the
@@ -13,15 +13,19 @@ activations that forward left (`h1`, `gate`, `up`, `h2`), captured by forward ho
 running the tail forward again. Later steps use the activations of the controller's own forward
 at the new ΔV.
 
-Precision (**ours**): the matrix products and the SwiGLU's element-wise backward run in the
-model's dtype, as autograd's would; the RMSNorms' backward in float32 (their forward computes in
-float32 as well; float64 in a float64 model). The backward
+Precision (**ours**): the four products accumulate in float32 (`ops.vecmat`; float64 in a float64
+model), and their results are rounded to the model's dtype where the model's own backward would
+have them in it: the SwiGLU's element-wise backward runs in the model's dtype, as autograd's
+would; the RMSNorms' backward in float32 (their forward computes in float32 as well; float64 in a
+float64 model). The backward
 is the exact derivative of the tail's real-valued function; it ignores the model dtype's roundings
 inside the forward, as autograd in that dtype effectively does too.
 """
 from __future__ import annotations
 
 import torch
+
+from vreason import ops
 
 __all__ = ["DenseTail", "TailActivations", "TailCapture", "last_position", "rms_norm_backward"]
 
@@ -109,13 +113,13 @@ class DenseTail:
         # The MLP's element-wise backward in the model's dtype with the same kernels as autograd's:
         # act = silu(gate)·up, so ∂up = ∂act·silu(gate) and ∂gate = silu_backward(∂act·up, gate).
         rows = acts.h2.shape[0]  # one per sample of a batch
-        grad_act = grad_h2.to(dtype).view(rows, -1) @ self.down_proj.weight
+        grad_act = ops.vecmat(grad_h2.view(rows, -1), self.down_proj.weight).to(dtype)
         gate, up = acts.gate.view(rows, -1), acts.up.view(rows, -1)
         grad_up = grad_act * torch.nn.functional.silu(gate)
         grad_gate = torch.ops.aten.silu_backward(grad_act * up, gate)
-        grad_normed = torch.addmm(grad_gate @ self.gate_proj.weight, grad_up, self.up_proj.weight)
+        grad_normed = ops.vecmat(grad_gate, self.gate_proj.weight) + ops.vecmat(grad_up, self.up_proj.weight)
         grad_h1 = grad_h2 + rms_norm_backward(acts.h1, self.post_w, self.post_eps, grad_normed.view_as(acts.h1))
-        return grad_h1.to(dtype) @ self.o_proj.weight
+        return ops.vecmat(grad_h1.view(rows, -1), self.o_proj.weight).to(dtype)
 
 
 class TailCapture:

@@ -30,6 +30,7 @@ SCORING = "vreason/scoring.py"
 BATCH_CONTROLLER = "vreason/batch_controller.py"
 BATCH_CACHE = "vreason/batch_cache.py"
 BATCH_GENERATION = "vreason/batch_generation.py"
+TAIL = "vreason/tail.py"
 # Batched rows against each sample alone (float64): padding, Lite re-padding, seeds.
 BATCH_EXACT = "tests/test_batch.py::test_every_row_equals_its_sample_alone_float64"
 # The controller-round oracle (float32; bf16 runs in the suite): exact ΔV, cache and logits.
@@ -99,9 +100,15 @@ MUTANTS: list[Mutant] = [
            ("tests/test_cli.py::test_broken_samples_complete_with_exit_0_and_are_counted",),
            "error samples run again on resume"),
     # ---- controller and generation (rewritten for speed: re-check these texts after a rewrite) --
-    Mutant("lm-head-backward-keeps-one-block", CONTROLLER,
-           "return loss, parts.sum(0, dtype=torch.float32)", "return loss, parts[-1].float()",
-           (ORACLE_F32,), "∂L/∂h sums every row block of lm_head (a real vocabulary spans ~19)"),
+    Mutant("lm-head-backward-first-rows-only", CONTROLLER,
+           "return loss, ops.vecmat(grad_z.reshape(-1, grad_z.shape[-1]), self.lm_weight)",
+           "return loss, ops.vecmat(grad_z.reshape(-1, grad_z.shape[-1])[:, :8192], self.lm_weight[:8192])",
+           (ORACLE_F32,), "∂L/∂h sums every row of lm_head (a real vocabulary has 152,064)"),
+    Mutant("tail-backward-drops-the-up-projection", TAIL,
+           "ops.vecmat(grad_gate, self.gate_proj.weight) + ops.vecmat(grad_up, self.up_proj.weight)",
+           "ops.vecmat(grad_gate, self.gate_proj.weight)",
+           ("tests/test_controller.py::test_hand_written_tail_backward_equals_autograd_in_float64",),
+           "the hand-written tail backward sums both SwiGLU branches"),
     Mutant("adam-ignores-configured-betas", CONTROLLER,
            "(config.adam_beta1, config.adam_beta2)", "(0.9, 0.999)",
            (ORACLE_F32,), "--model.controller.adam_beta1/2 reach Adam"),
