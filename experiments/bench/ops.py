@@ -4,7 +4,9 @@
 
 Prints the machine, then a table of median times (ms) and eager/fused ratios: entropy forward and
 forward+backward at vocab 152,064 (batch 1 and 8, float32 and bfloat16), value_update
-forward+backward and value_update_ at [1, 4, 2048, 128]. Eager entropy is
+forward+backward and value_update_ at [1, 4, 2048, 128], and vecmat (`g @ W` for one token's
+gradient row, the controller's backward products) against torch's `g @ W` over the bf16 lm_head
+and MLP shapes of a 7B model. Eager entropy is
 `-(softmax · log_softmax).sum(-1)` in float32 (bf16 logits upcast first, as the op computes).
 """
 from __future__ import annotations
@@ -106,6 +108,20 @@ def value_update_cases(device, repeats):
     return rows
 
 
+def vecmat_cases(device, repeats):
+    """The round's backward products at Qwen2.5-VL-7B shapes, bf16 weights: vecmat (float32 out)
+    vs torch's `g @ W` in the weight's dtype."""
+    rows = []
+    for name, (out_rows, cols) in (("lm_head", (VOCAB, 3584)), ("down_proj", (3584, 18944)),
+                                   ("gate_proj", (18944, 3584))):
+        weight = (0.02 * torch.randn(out_rows, cols, device=device)).to(torch.bfloat16)
+        g = torch.randn(1, out_rows, device=device)
+        g_bf16 = g.to(torch.bfloat16)
+        rows.append((f"vecmat g@W {name} [{out_rows}, {cols}] bf16",
+                     *paired_median_ms(lambda: ops.vecmat(g, weight), lambda: g_bf16 @ weight, repeats, device)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -121,7 +137,7 @@ def main() -> None:
     print(f"machine: {machine} | torch threads: {torch.get_num_threads()} | torch {torch.__version__}"
           f" | vreason._C: CUDA kernels {'built' if ops.built_with_cuda() else 'not built'},"
           f" CPU path {SIMD_NAMES[ops._C.simd_level()]} | device: {device}")
-    rows = entropy_cases(device, args.repeats) + value_update_cases(device, args.repeats)
+    rows = entropy_cases(device, args.repeats) + value_update_cases(device, args.repeats) + vecmat_cases(device, args.repeats)
     width = max(len(r[0]) for r in rows)
     print(f"\n| {'case':<{width}} | fused ms | eager ms | eager/fused |")
     print(f"|{'-' * (width + 2)}|---------:|---------:|------------:|")
