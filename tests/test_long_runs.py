@@ -230,6 +230,24 @@ def test_an_unwritable_cache_costs_speed_not_the_sample(clips, tmp_path):
     assert frames.shape[0] == 4 and meta["from_cache"] is False
 
 
+def test_stale_temporary_files_are_swept_once_per_run(clips, tiny, tmp_path):
+    # A writer killed before its rename leaves `<entry>.<pid>.<uuid>.tmp`; an hour later nothing
+    # can still be writing it. A fresh temporary file (a writer at work) and the entries stay.
+    cache = tmp_path / "cache"
+    load_video(clips["twenty"], num_frames=4, frame_cache=str(cache))
+    (entry,) = cache.rglob("*.frames")
+    stale, fresh = entry.parent / (entry.name + ".1.a.tmp"), entry.parent / (entry.name + ".2.b.tmp")
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    two_hours_ago = os.path.getmtime(stale) - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    bench = write_bench(tmp_path, ["twenty.mp4"])
+    dm = BenchmarkDataModule(files=[str(bench)], model_path=tiny, num_frames=4, frame_cache=str(cache))
+    dm.predict_dataloader()
+    assert not stale.exists() and fresh.exists() and entry.exists()
+    assert FrameCache(str(tmp_path / "no-such-folder")).sweep_stale() == 0
+
+
 # ------------------------------------------------------------------ awkward inputs
 
 def write_bench(root: Path, paths: list[str]) -> Path:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vreason.config import VideoConfig
 from vreason.data.benchmark import Sample, load_benchmark
+from vreason.data.frame_cache import FrameCache
 from vreason.data.items import PADDING, build_messages, prepare_item  # noqa: F401  (the package face)
 
 # The flat CLI keys' defaults are VideoConfig's own, read from it rather than written again.
@@ -183,6 +184,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         return BenchmarkDataset(todo, self.processor(), self.video)
 
     def predict_dataloader(self) -> DataLoader:
+        if self.video.frame_cache:  # what a killed writer of an earlier run left behind
+            FrameCache(self.video.frame_cache).sweep_stale()
         dataset = self.predict_dataset()
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1

@@ -7,6 +7,10 @@ temporary name and renamed into place, so ranks sharing the folder never see hal
 the last writer of equal entries wins harmlessly. An entry is trusted only when its magic, its
 key, its length and its BLAKE2 digest all check out; anything else is a miss, decoded again and
 overwritten.
+
+A writer killed between creating its temporary file and renaming it leaves that file behind;
+`sweep_stale` (called once per run by the datamodule) removes temporary files older than an hour
+(**ours**: a write takes seconds, so anything that old has no living writer).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import json
 import logging
 import os
 import struct
+import time
 import uuid
 from typing import Any
 
@@ -46,6 +51,29 @@ class FrameCache:
 
     def _path(self, key: str) -> str:
         return os.path.join(self.folder, key[:2], key + ".frames")
+
+    def sweep_stale(self, max_age_s: float = 3600.0) -> int:
+        """Remove temporary files older than `max_age_s` seconds; returns how many went."""
+        removed, cutoff = 0, time.time() - max_age_s
+        try:
+            shards = [e.path for e in os.scandir(self.folder) if e.is_dir()]
+        except OSError:  # no cache folder yet
+            return 0
+        for shard in shards:
+            try:
+                entries = list(os.scandir(shard))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if entry.name.endswith(".tmp") and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except OSError:  # another rank swept it first, or it was renamed into place
+                    pass
+        if removed:
+            log.info("frame cache %s: removed %d stale temporary file(s)", self.folder, removed)
+        return removed
 
     def get(self, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
         try:
