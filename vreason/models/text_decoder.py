@@ -13,6 +13,8 @@ brought to the last layer's device when captured.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from vreason.models.adapter import Prefill
@@ -27,9 +29,9 @@ class TextDecoderAdapter(HFDecoderLayout):
 
     # ---- subclass hooks --------------------------------------------------------------------------
 
+    @abstractmethod
     def visual_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """1-D int64 prompt indices of the tokens ΔV and Lite act on."""
-        raise NotImplementedError
 
     # ---- forward passes -----------------------------------------------------------------------
 
