@@ -272,15 +272,16 @@ def test_predict_with_a_batch_size_gives_the_records_of_batch_size_one(bench, tm
     """Sampled, so each sample's seed matters; the benchmark's broken entries sit in the batches
     beside good ones and cost only themselves."""
     calls = []
-    real = VReasonGenerator.generate_batch
+    real = VReasonGenerator.generate_samples
 
-    def spy(self, seeds=None, **inputs):
-        calls.append(inputs["input_ids"].shape[0])
-        return real(self, seeds=seeds, **inputs)
+    def spy(self, samples, seeds=None):
+        calls.append(len(samples))
+        return real(self, samples, seeds=seeds)
 
-    monkeypatch.setattr(VReasonGenerator, "generate_batch", spy)
+    monkeypatch.setattr(VReasonGenerator, "generate_samples", spy)
     one = predict(bench, tmp_path / "one", 1, do_sample=True, seed=3)
-    assert calls == []
+    assert calls == [1] * N_GOOD  # a sample alone is a batch of one
+    calls.clear()
     five = predict(bench, tmp_path / "five", 5, do_sample=True, seed=3)  # 4 good + 1 broken, then 2 broken
     assert calls == [N_GOOD]  # the good samples of the first batch were generated together
     assert_same_records(five, one)
@@ -288,11 +289,15 @@ def test_predict_with_a_batch_size_gives_the_records_of_batch_size_one(bench, tm
 
 
 def test_a_failing_batch_falls_back_to_its_samples_one_by_one(bench, tmp_path, monkeypatch):
-    def broken(self, seeds=None, **inputs):
-        raise torch.OutOfMemoryError("CUDA out of memory while decoding the batch")
+    real = VReasonGenerator.generate_samples
+
+    def broken(self, samples, seeds=None):
+        if len(samples) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory while decoding the batch")
+        return real(self, samples, seeds=seeds)
 
     one = predict(bench, tmp_path / "one", 1)
-    monkeypatch.setattr(VReasonGenerator, "generate_batch", broken)
+    monkeypatch.setattr(VReasonGenerator, "generate_samples", broken)
     fell_back = predict(bench, tmp_path / "fallback", 4)
     assert_same_records(fell_back, one)
     assert sum(not r["error"] for r in fell_back.values()) == N_GOOD

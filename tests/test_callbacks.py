@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vreason.plots import entropy_curve_figure, figure_image, sample_trace_figure
-from vreason.records import prediction_files, read_jsonl, read_predictions, truncate_partial_line, write_atomic
+from vreason.records import Record, prediction_files, read_jsonl, read_predictions, truncate_partial_line, write_atomic
 from vreason.report import merge_predictions, summary_markdown
 from vreason.tb_logging import log_summary_to_tensorboard
 from vreason.scoring import ERROR_OUTPUT
@@ -59,8 +59,8 @@ def test_read_predictions_dedupes_across_ranks_and_sorts_by_index(tmp_path):
     assert [(b, r) for b, r, _ in prediction_files(pred)] == [("A", 0), ("A", 1), ("B", 1)]
     got = read_predictions(pred)
     assert list(got) == ["A", "B"]
-    assert [r["index"] for r in got["A"]] == [0, 2, 4]
-    assert got["A"][0]["reward"] == 1.0  # the first written copy wins
+    assert [r.index for r in got["A"]] == [0, 2, 4]
+    assert got["A"][0].reward == 1.0  # the first written copy wins
 
 
 def test_merge_writes_the_protocol_files_and_the_summary(tmp_path):
@@ -102,7 +102,7 @@ def test_write_atomic_replaces_whole_files(tmp_path):
 
 
 def test_figures_render():
-    img = figure_image(sample_trace_figure(record("A", 0)))
+    img = figure_image(sample_trace_figure(Record.from_dict(record("A", 0))))
     assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
     curve = {"mean": [0.2, 1.0, 0.8, 0.5], "std": [0.1, 0.2, 0.1, 0.0], "count": [10, 10, 5, 1]}
     img = figure_image(entropy_curve_figure({"off": curve, "switch": curve}))

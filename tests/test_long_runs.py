@@ -348,7 +348,7 @@ def test_out_of_memory_runs_once_more_with_half_the_frames_after_releasing_memor
     from vreason.generation import VReasonGenerator
 
     module, items = oom_setup
-    real = VReasonGenerator.generate
+    real = VReasonGenerator.generate_samples
     calls, scratch = [], []
 
     def attempt(inputs):
@@ -357,45 +357,92 @@ def test_out_of_memory_runs_once_more_with_half_the_frames_after_releasing_memor
         scratch.append(weakref.ref(held))
         raise torch.OutOfMemoryError(OOM)
 
-    def flaky(self, **inputs):
+    def flaky(self, samples, seeds=None):
+        (inputs,) = samples
         calls.append({"frames": int(inputs["video_grid_thw"][0, 0]) * 2, "released": [r() is None for r in scratch],
                       "pixels": inputs["pixel_values_videos"]})
         if len(calls) == 1:
             attempt(inputs)
-        return real(self, **inputs)
+        return real(self, samples, seeds=seeds)
 
-    monkeypatch.setattr(VReasonGenerator, "generate", flaky)
-    record = module._predict_item(items(8)[0])
+    monkeypatch.setattr(VReasonGenerator, "generate_samples", flaky)
+    (record,) = module.predictor.predict([items(8)[0]])
     assert [c["frames"] for c in calls] == [8, 4]
     assert calls[1]["released"] == [True]  # the first attempt's memory is gone before the second
-    assert record["error"] is None and record["retried_with"] == 4 and record["num_frames"] == 4
+    assert record.error is None and record.retried_with == 4 and record.num_frames == 4
     # The second attempt is exactly a 4-frame run: the same inputs, the same answer.
-    monkeypatch.setattr(VReasonGenerator, "generate", real)
+    monkeypatch.setattr(VReasonGenerator, "generate_samples", real)
     fresh = items(4)[0]
     assert torch.equal(calls[1]["pixels"], fresh["inputs"]["pixel_values_videos"])
-    assert record["output"] == module._predict_item(fresh)["output"]
+    assert record.output == module.predictor.predict([fresh])[0].output
 
 
 def test_a_second_out_of_memory_is_an_error_record_and_the_next_sample_runs(monkeypatch, oom_setup):
     from vreason.generation import VReasonGenerator
 
     module, items = oom_setup
-    real = VReasonGenerator.generate
+    real = VReasonGenerator.generate_samples
     frames = []
 
-    def oom_on_first_sample(self, **inputs):
-        frames.append(int(inputs["video_grid_thw"][0, 0]) * 2)
+    def oom_on_first_sample(self, samples, seeds=None):
+        frames.append(int(samples[0]["video_grid_thw"][0, 0]) * 2)
         if len(frames) <= 2:
             raise torch.OutOfMemoryError(OOM + "\nsecond line")
-        return real(self, **inputs)
+        return real(self, samples, seeds=seeds)
 
-    monkeypatch.setattr(VReasonGenerator, "generate", oom_on_first_sample)
-    first, second = (module._predict_item(item) for item in items(8))
+    monkeypatch.setattr(VReasonGenerator, "generate_samples", oom_on_first_sample)
+    first, second = (module.predictor.predict([item])[0] for item in items(8))
     assert frames == [8, 4, 8]  # one retry only, then the next sample with its own frames
-    assert first["error"] == f"out of memory: OutOfMemoryError: {OOM} second line"
-    assert first["retried_with"] == 4 and first["num_frames"] == 4
-    assert second["error"] is None and second["retried_with"] is None and second["num_frames"] == 8
-    assert second["video_reader"] == "decord" and second["from_cache"] is False
+    assert first.error == f"out of memory: OutOfMemoryError: {OOM} second line"
+    assert first.retried_with == 4 and first.num_frames == 4
+    assert second.error is None and second.retried_with is None and second.num_frames == 8
+    assert second.video_reader == "decord" and second.from_cache is False
+
+
+# Allocator failures that are not torch.OutOfMemoryError, as torch and the CUDA libraries word them.
+ALLOCATION_FAILURES = [
+    lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    lambda: torch.AcceleratorError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    lambda: RuntimeError("cudaErrorMemoryAllocation: out of memory"),
+    lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                         "to allocate 9663676416 bytes"),
+    lambda: MemoryError(),
+]
+
+
+@pytest.mark.parametrize("failure", ALLOCATION_FAILURES, ids=["cublas", "accelerator", "cudart", "cpu", "python"])
+def test_other_allocation_failures_are_retried_like_out_of_memory(monkeypatch, oom_setup, failure):
+    from vreason.generation import VReasonGenerator
+
+    module, items = oom_setup
+    real = VReasonGenerator.generate_samples
+    frames = []
+
+    def fails_once(self, samples, seeds=None):
+        frames.append(int(samples[0]["video_grid_thw"][0, 0]) * 2)
+        if len(frames) == 1:
+            raise failure()
+        return real(self, samples, seeds=seeds)
+
+    monkeypatch.setattr(VReasonGenerator, "generate_samples", fails_once)
+    (record,) = module.predictor.predict([items(8)[0]])
+    assert frames == [8, 4] and record.error is None and record.retried_with == 4
+
+
+def test_an_ordinary_failure_is_not_retried(monkeypatch, oom_setup):
+    from vreason.generation import VReasonGenerator
+
+    module, items = oom_setup
+    frames = []
+
+    def broken(self, samples, seeds=None):
+        frames.append(int(samples[0]["video_grid_thw"][0, 0]) * 2)
+        raise RuntimeError("The size of tensor a (4) must match the size of tensor b (5)")
+
+    monkeypatch.setattr(VReasonGenerator, "generate_samples", broken)
+    (record,) = module.predictor.predict([items(8)[0]])
+    assert frames == [8] and record.retried_with is None
+    assert record.error == "RuntimeError: The size of tensor a (4) must match the size of tensor b (5)"
 
 
 def test_no_child_to_fork_reads_here_without_the_limit(monkeypatch, clips):

@@ -3,16 +3,17 @@ import numpy as np
 import pytest
 
 from vreason.metrics import BenchmarkMetric, EvalMetrics, overall_row
+from vreason.records import Record
 from vreason.scoring import aggregate
 
 
 def record(bench, index, problem_type="multiple choice", reward=1.0, tokens=3, error=None, entropy=None):
     entropy = entropy if entropy is not None else [0.5 + 0.1 * i for i in range(tokens)]
-    return {
-        "key": f"{bench}/{index}", "benchmark": bench, "index": index, "problem_type": problem_type,
-        "reward": reward, "num_new_tokens": tokens, "latency_s": 0.25 * (index + 1), "error": error,
-        "entropy": entropy, "updated": [i % 2 == 0 for i in range(len(entropy))],
-    }
+    return Record(
+        key=f"{bench}/{index}", benchmark=bench, index=index, problem_type=problem_type,
+        reward=reward, num_new_tokens=tokens, latency_s=0.25 * (index + 1), error=error,
+        entropy=entropy, updated=[i % 2 == 0 for i in range(len(entropy))],
+    )
 
 
 RECORDS = [
@@ -30,7 +31,7 @@ def test_scores_match_the_protocol_aggregation():
     for r in RECORDS:
         metrics.update(r)
     got = metrics.compute()["benchmarks"]
-    want = aggregate(RECORDS)
+    want = aggregate(r.to_dict() for r in RECORDS)
     assert set(got) == set(want) == {"A", "V"}
     for bench in want:
         for field in ("n", "n_errors", "n_acc", "n_mra"):
@@ -47,7 +48,7 @@ def test_scores_match_the_protocol_aggregation():
 
 def test_tokens_latency_histogram_and_entropy_curve():
     metric = BenchmarkMetric(max_tokens=8, token_bins=4, sync_on_compute=False)
-    recs = [r for r in RECORDS if r["benchmark"] == "A"]
+    recs = [r for r in RECORDS if r.benchmark == "A"]
     for r in recs:
         metric.update(r)
     out = metric.compute()
@@ -57,7 +58,7 @@ def test_tokens_latency_histogram_and_entropy_curve():
     # tokens 4, 2, 0 in bins of width 2 over [0, 8]
     assert out["tokens_hist"]["counts"] == [1, 1, 1, 0]
     assert out["tokens_hist"]["edges"] == [0, 2, 4, 6, 8]
-    traces = [r["entropy"] for r in recs if r["entropy"]]
+    traces = [r.entropy for r in recs if r.entropy]
     curve = out["entropy_curve"]
     assert curve["count"] == [2, 2, 1, 1]
     for k in range(4):
@@ -84,7 +85,7 @@ def test_overall_row_averages_score_columns_like_the_paper():
     want = (per["A"]["mean_acc"] + per["V"]["mean_acc"] + per["V"]["mean_mra"]) / 3
     assert out["overall"]["mean_score"] == pytest.approx(want)
     assert out["overall"]["n"] == 6 and out["overall"]["n_errors"] == 1
-    assert out["overall"]["mean_tokens"] == pytest.approx(sum(r["num_new_tokens"] for r in RECORDS) / 6)
+    assert out["overall"]["mean_tokens"] == pytest.approx(sum(r.num_new_tokens for r in RECORDS) / 6)
     assert overall_row({})["mean_score"] is None
 
 

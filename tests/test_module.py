@@ -10,6 +10,7 @@ from vreason.data.datamodule import BenchmarkDataModule
 from vreason.data.synthetic import write_synthetic_benchmark
 from vreason.models.tiny import build_tiny_model
 from vreason.module import VReasonModule
+from vreason.predict import sample_seed
 from vreason.scoring import ERROR_OUTPUT, extract_answer, score
 
 N_GOOD = 4
@@ -95,10 +96,11 @@ def test_predict_writes_every_sample_once_with_protocol_files_and_tensorboard(as
 def test_a_failing_generation_becomes_an_error_record_and_the_run_goes_on(assets, tmp_path, monkeypatch):
     from vreason.generation import VReasonGenerator
 
-    real = VReasonGenerator.generate
+    real = VReasonGenerator.generate_samples
     calls = {"n": 0, "frames": []}
 
-    def flaky(self, **inputs):
+    def flaky(self, samples, seeds=None):
+        (inputs,) = samples  # batch size 1: one sample per call
         calls["n"] += 1
         calls["frames"].append(int(inputs["video_grid_thw"][0, 0]))
         # Sample 0 runs out of memory, and again when retried with half its frames; sample 1 fails.
@@ -106,9 +108,9 @@ def test_a_failing_generation_becomes_an_error_record_and_the_run_goes_on(assets
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
         if calls["n"] == 3:
             raise RuntimeError("shape mismatch")
-        return real(self, **inputs)
+        return real(self, samples, seeds=seeds)
 
-    monkeypatch.setattr(VReasonGenerator, "generate", flaky)
+    monkeypatch.setattr(VReasonGenerator, "generate_samples", flaky)
     run(assets, tmp_path, mode="off", plot_samples=0)
     records = [json.loads(line) for line in (tmp_path / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()]
     by_index = {r["index"]: r for r in records}
@@ -139,8 +141,9 @@ def test_switch_runs_under_a_trainer_left_in_inference_mode(assets, tmp_path):
     assert len(good) == N_GOOD and all(r["updated"][0] == 1 for r in good)
 
 
-def test_sampling_seeds_differ_per_sample_and_do_not_depend_on_order(assets):
-    module = VReasonModule(assets["model"], decode=DecodeConfig(do_sample=True, seed=7))
-    assert module._sample_seed("Synthetic/0") == module._sample_seed("Synthetic/0")
-    assert module._sample_seed("Synthetic/0") != module._sample_seed("Synthetic/1")
-    assert VReasonModule(assets["model"])._sample_seed("Synthetic/0") is None  # greedy: no seed needed
+def test_sampling_seeds_differ_per_sample_and_do_not_depend_on_order():
+    sampled = DecodeConfig(do_sample=True, seed=7)
+    assert sample_seed(sampled, "Synthetic/0") == sample_seed(sampled, "Synthetic/0")
+    assert sample_seed(sampled, "Synthetic/0") != sample_seed(sampled, "Synthetic/1")
+    assert sample_seed(DecodeConfig(do_sample=True, seed=8), "Synthetic/0") != sample_seed(sampled, "Synthetic/0")
+    assert sample_seed(DecodeConfig(), "Synthetic/0") is None  # greedy: no seed needed

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from vreason.plots import entropy_curve_figure, figure_image, sample_trace_figure
+from vreason.records import Record
 
-RECORD = {
-    "benchmark": "B", "index": 3, "mode": "switch", "num_new_tokens": 5, "reward": 0.0, "error": None,
-    "entropy": [2.0, 2.5, 1.5, 3.0, 1.0], "entropy_after": [2.1, 2.5, 1.4, 3.0, 0.9],
-    "ema": [0.5, 0.7, 0.6, 0.9, 0.8], "alpha": [1, 1, -1, 1, -1], "updated": [1, 0, 1, 0, 1],
-}
+RECORD = Record(
+    key="B/3", benchmark="B", index=3, mode="switch", num_new_tokens=5, reward=0.0, error=None,
+    entropy=[2.0, 2.5, 1.5, 3.0, 1.0], entropy_after=[2.1, 2.5, 1.4, 3.0, 0.9],
+    ema=[0.5, 0.7, 0.6, 0.9, 0.8], alpha=[1, 1, -1, 1, -1], updated=[1, 0, 1, 0, 1],
+)
 
 
 def lines_by_label(ax):
@@ -24,15 +25,15 @@ def test_sample_trace_draws_the_record_and_its_running_peak():
     ax_h, ax_a = fig.axes
     lines = lines_by_label(ax_h)
     k = [0, 1, 2, 3, 4]
-    for label, values in [("entropy H_k", RECORD["entropy"]), ("entropy after update", RECORD["entropy_after"]),
-                          ("EMA E_k", RECORD["ema"]), ("running peak", [0.5, 0.7, 0.7, 0.9, 0.9])]:
+    for label, values in [("entropy H_k", RECORD.entropy), ("entropy after update", RECORD.entropy_after),
+                          ("EMA E_k", RECORD.ema), ("running peak", [0.5, 0.7, 0.7, 0.9, 0.9])]:
         assert lines[label].get_xdata().tolist() == k, label
         assert lines[label].get_ydata().tolist() == pytest.approx(values), label
     # Dots at the tokens where a round ran, at the entropy before it.
     assert lines["round ran"].get_xdata().tolist() == [0, 2, 4]
     assert lines["round ran"].get_ydata().tolist() == pytest.approx([2.0, 1.5, 1.0])
     (alpha,) = ax_a.get_lines()
-    assert alpha.get_ydata().tolist() == RECORD["alpha"]
+    assert alpha.get_ydata().tolist() == RECORD.alpha
     assert "B #3 (switch): 5 tokens" in fig._suptitle.get_text()
     img = figure_image(fig)
     assert img.shape == (450, 800, 3) and img.dtype == np.uint8  # 8 × 4.5 inches at 100 dpi

@@ -15,7 +15,7 @@ N = 16  # four questions of each kind
 SEED = 3  # a held-out seed: training drew its clips from another stream
 
 
-def run(tmp_path, bench, mode: str) -> list[dict]:
+def run(tmp_path, bench, mode: str) -> list:
     from vreason.cli import main
     from vreason.records import read_predictions
 
@@ -50,12 +50,12 @@ def test_predict_accuracy_off_and_switch(tmp_path, bench):
     results = {}
     for mode in ("off", "switch"):
         records = run(tmp_path, bench, mode)
-        assert len(records) == N and not any(r["error"] for r in records)
-        mc = [r for r in records if r["problem_type"] == "multiple choice"]
+        assert len(records) == N and not any(r.error for r in records)
+        mc = [r for r in records if r.problem_type == "multiple choice"]
         # Scores recomputed from the writer's ground truth, not taken from the run.
-        results[mode] = sum(r["prediction"] == truth[r["index"]]["solution"][8:-9] for r in mc) / len(mc)
+        results[mode] = sum(r.prediction == truth[r.index]["solution"][8:-9] for r in mc) / len(mc)
         if mode == "off":
-            assert all("</think><answer>" in r["output"] for r in records)
+            assert all("</think><answer>" in r.output for r in records)
     # All 8 multiple-choice answers are right with the shipped checkpoint (chance: 2 of 8; 300
     # held-out questions: 100%); a broken engine falls to chance or below.
     assert results["off"] >= 7 / 8, results

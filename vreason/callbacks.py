@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 
-from vreason.records import (PREDICTIONS_DIR, RUN_CONFIG, attempt_of, json_default, prediction_files,
-                             read_predictions, safe_name, truncate_partial_line, write_atomic)
+from vreason.records import (PREDICTIONS_DIR, RUN_CONFIG, Record, json_default, prediction_files, read_predictions,
+                             safe_name, truncate_partial_line, write_atomic)
 from vreason.report import merge_predictions
 from vreason.run_settings import flat_hparams, run_config, run_info
 
@@ -54,7 +54,7 @@ class PredictionWriter(BasePredictionWriter):
         self.fsync = fsync
         self.retry_errors = retry_errors
         self._files: dict[str, Any] = {}
-        self._kept: list[dict] = []
+        self._kept: list[Record] = []
         self._attempts: dict[str, int] = {}
         self.summary: Optional[dict] = None
         self.live_metrics: Optional[dict] = None
@@ -71,12 +71,12 @@ class PredictionWriter(BasePredictionWriter):
             if rank == trainer.global_rank:
                 truncate_partial_line(path)
         existing = [r for recs in read_predictions(pred_dir).values() for r in recs]
-        self._attempts = {str(r["key"]): attempt_of(r) for r in existing}
-        self._kept = [r for r in existing if not (self.retry_errors and r.get("error"))]
+        self._attempts = {str(r.key): r.attempt for r in existing}
+        self._kept = [r for r in existing if not (self.retry_errors and r.error)]
         skip = getattr(trainer.datamodule, "skip_samples", None)
         if callable(skip):
             # Every rank reads every rank's files, so all ranks drop the same keys before sharding.
-            skip({str(r["key"]) for r in self._kept})
+            skip({str(r.key) for r in self._kept})
         elif self._kept:
             log.warning("predictions exist under %s but the data cannot skip samples: they will run again", pred_dir)
         if existing and trainer.is_global_zero:
@@ -123,9 +123,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         for record in prediction or ():
-            record["attempt"] = self._attempts.get(str(record["key"]), 0) + 1
-            f = self._file(trainer, str(record["benchmark"]))
-            f.write(json.dumps(record, ensure_ascii=False, default=json_default) + "\n")
+            record.attempt = self._attempts.get(str(record.key), 0) + 1
+            f = self._file(trainer, str(record.benchmark))
+            f.write(json.dumps(record.to_dict(), ensure_ascii=False, default=json_default) + "\n")
             f.flush()
             if self.fsync:
                 os.fsync(f.fileno())

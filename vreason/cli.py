@@ -101,6 +101,7 @@ def predict(args: Sequence[str]) -> int:
     from vreason.callbacks import ResumeMismatchError
     from vreason.data.benchmark import BenchmarkError
     from vreason.models import ModelLoadError
+    from vreason.predict import FatalAcceleratorError
 
     try:
         cli = build_cli(args)
@@ -108,9 +109,10 @@ def predict(args: Sequence[str]) -> int:
         return _fail("predict", exc, EXIT_CONFIG)
     try:
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    except (ModelLoadError, BenchmarkError, ResumeMismatchError, ValueError, OSError) as exc:
+    except (ModelLoadError, BenchmarkError, ResumeMismatchError, ValueError, OSError, FatalAcceleratorError) as exc:
         # Inputs that cannot be used (model folder, benchmark files, a data setting only checked
-        # when the files are read, an unwritable output folder): one line naming them.
+        # when the files are read, an unwritable output folder) or a device that failed for good
+        # (a re-run resumes): one line naming them.
         # VREASON_TRACEBACK=1 shows the traceback instead, for debugging.
         if os.environ.get("VREASON_TRACEBACK"):
             raise

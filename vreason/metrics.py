@@ -21,11 +21,12 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from vreason.protocol import REGRESSION
+from vreason.records import Record
 
 
-def _is_regression(record: dict) -> bool:
+def _is_regression(record: Record) -> bool:
     # Exact match, as vreason.scoring.aggregate: the protocol's problem types are exact strings.
-    return record.get("problem_type") == REGRESSION
+    return record.problem_type == REGRESSION
 
 
 class BenchmarkMetric(Metric):
@@ -59,11 +60,11 @@ class BenchmarkMetric(Metric):
         width = self.max_tokens / self.token_bins
         return min(self.token_bins - 1, max(0, int(tokens // width)))
 
-    def update(self, record: dict) -> None:  # type: ignore[override]
-        """Add one prediction record (the dict `VReasonModule.predict_step` returns)."""
-        reward = float(record.get("reward") or 0.0)
+    def update(self, record: Record) -> None:  # type: ignore[override]
+        """Add one prediction record (what `VReasonModule.predict_step` returns)."""
+        reward = float(record.reward or 0.0)
         self.n += 1
-        if record.get("error"):
+        if record.error:
             self.n_errors += 1
         if _is_regression(record):
             self.mra_sum += reward
@@ -71,12 +72,12 @@ class BenchmarkMetric(Metric):
         else:
             self.acc_sum += reward
             self.acc_n += 1
-        tokens = int(record.get("num_new_tokens") or 0)
+        tokens = int(record.num_new_tokens or 0)
         self.tokens_sum += tokens
         self.tokens_hist[self._bin(tokens)] += 1
-        self.latency_sum += float(record.get("latency_s") or 0.0)
-        self.rounds_sum += float(sum(bool(u) for u in (record.get("updated") or ())))
-        entropy = record.get("entropy") or []
+        self.latency_sum += float(record.latency_s or 0.0)
+        self.rounds_sum += float(sum(bool(u) for u in record.updated))
+        entropy = record.entropy
         if len(entropy):
             h = torch.as_tensor(entropy, dtype=torch.float64, device=self.curve_sum.device)[: self.max_tokens]
             self.entropy_sum += h.sum()
@@ -153,8 +154,8 @@ class EvalMetrics(nn.Module):
     def names(self) -> list[str]:
         return sorted(self._names)
 
-    def update(self, record: dict) -> None:
-        self._metric(str(record["benchmark"])).update(record)
+    def update(self, record: Record) -> None:
+        self._metric(str(record.benchmark)).update(record)
 
     def ensure(self, names: Iterable[str]) -> None:
         for name in names:

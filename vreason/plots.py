@@ -6,7 +6,10 @@ its ±std band over a benchmark, the paper's way of showing macro-exploration an
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vreason.records import Record
 
 
 def _figure(width: float, height: float, rows: int = 1):
@@ -27,39 +30,39 @@ def figure_image(fig) -> "Any":
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
-def sample_trace_figure(record: dict):
+def sample_trace_figure(record: "Record"):
     """Entropy (before and after the round), its EMA with the running peak, and α over the
     generated tokens of one sample; dots mark tokens where an optimization round ran."""
     import numpy as np
 
-    h = np.asarray(record.get("entropy") or [], dtype=float)
+    h = np.asarray(record.entropy, dtype=float)
     fig, (ax_h, ax_a) = _figure(8, 4.5, rows=2)
     k = np.arange(len(h))
     ax_h.plot(k, h, color="tab:orange", lw=1.2, label="entropy H_k")
-    after = record.get("entropy_after")
+    after = record.entropy_after
     if after:
         ax_h.plot(k, np.asarray(after, dtype=float), color="tab:red", lw=0.8, alpha=0.7, label="entropy after update")
-    ema = np.asarray(record.get("ema") or [], dtype=float)
+    ema = np.asarray(record.ema, dtype=float)
     if len(ema):
         ax_h.plot(k[: len(ema)], ema, color="tab:blue", lw=1.5, label="EMA E_k")
         ax_h.plot(k[: len(ema)], np.maximum.accumulate(ema), color="tab:blue", lw=0.8, ls="--", label="running peak")
-    updated = np.asarray(record.get("updated") or [], dtype=bool)
+    updated = np.asarray(record.updated, dtype=bool)
     if updated.any() and len(h):
         idx = k[: len(updated)][updated[: len(h)]]
         ax_h.plot(idx, h[idx], ".", color="k", ms=3, label="round ran")
     ax_h.set_ylabel("entropy (nats)")
     ax_h.grid(True, alpha=0.3)
     ax_h.legend(fontsize=7, loc="upper right")
-    alpha = np.asarray(record.get("alpha") or [], dtype=float)
+    alpha = np.asarray(record.alpha, dtype=float)
     ax_a.step(np.arange(len(alpha)), alpha, where="post", color="tab:green")
     ax_a.set_ylim(-1.3, 1.3)
     ax_a.set_yticks([-1, 1])
     ax_a.set_ylabel("α")
     ax_a.set_xlabel("generated token")
     ax_a.grid(True, alpha=0.3)
-    status = f"score {record.get('reward')}" if not record.get("error") else "error"
-    fig.suptitle(f"{record.get('benchmark')} #{record.get('index')} ({record.get('mode', '')}): "
-                 f"{record.get('num_new_tokens')} tokens, {status}", fontsize=9)
+    status = f"score {record.reward}" if not record.error else "error"
+    fig.suptitle(f"{record.benchmark} #{record.index} ({record.mode or ''}): "
+                 f"{record.num_new_tokens} tokens, {status}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -12,6 +12,10 @@ Layout under the run's root (`trainer.default_root_dir`):
 The JSONL files are the source of truth: every other output is derived from them at the end of
 predict, so a run killed at any point resumes by skipping the keys already written.
 
+A record is a `Record` in memory, written as one JSON object per line (`to_dict`) and read back
+with `Record.from_dict`, which also reads the lines of older runs (a key those lines lack takes
+its default; a key the record no longer has is dropped).
+
 A sample can have several records: an error record and, after a resume retried it, a newer one.
 Each record carries `attempt` (1 for the first); when records of one key disagree the highest
 attempt wins (**ours**), so a retried sample's new record supersedes the old one and the merged
@@ -26,7 +30,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,79 @@ PREDICTIONS_DIR = "predictions"
 RESULTS_DIR = "results"
 RUN_CONFIG = "run_config.json"
 _RANK_FILE = re.compile(r"^(?P<bench>.+)\.rank(?P<rank>\d+)\.jsonl$")
+
+
+@dataclasses.dataclass(kw_only=True)
+class Record:
+    """One sample's result: what it was (key, benchmark, index, problem type, the benchmark entry),
+    the answer and its score, the cost (tokens, latency, Lite coverage), the per-token traces of
+    entropy, EMA, α and rounds, how its frames were read, and `error`: None, or the one-line
+    reason the sample could not run (its output is then `ERROR_OUTPUT`, scored 0).
+    The fields are in the order of the JSON lines."""
+
+    # How the frames were read (`vreason.data.items.video_record_fields`; None for images).
+    video_reader: Optional[str] = None
+    from_cache: Optional[bool] = None
+    num_frames: Optional[int] = None
+    retried_with: Optional[int] = None
+    # The sample.
+    key: str
+    benchmark: str
+    index: Any = None
+    problem_type: Optional[str] = None
+    entry: dict = dataclasses.field(default_factory=dict)
+    # The answer.
+    output: str = ""
+    prediction: Optional[str] = None
+    solution: Optional[str] = None
+    reward: float = 0.0
+    correct: bool = False
+    process: Optional[str] = None
+    error: Optional[str] = None
+    mode: Optional[str] = None
+    # The cost.
+    num_new_tokens: int = 0
+    prompt_length: int = 0
+    num_video_tokens: int = 0
+    num_video_tokens_kept: int = 0
+    lite_layers: int = 0
+    num_layers: int = 0
+    skipped_rounds: int = 0
+    stop_reason: Optional[str] = None
+    latency_s: float = 0.0
+    tokens_per_s: Optional[float] = None
+    rank: int = 0
+    # Per generated token.
+    entropy: list = dataclasses.field(default_factory=list)
+    entropy_after: list = dataclasses.field(default_factory=list)
+    ema: list = dataclasses.field(default_factory=list)
+    alpha: list = dataclasses.field(default_factory=list)
+    updated: list = dataclasses.field(default_factory=list)
+    # Set by the writer: 1 for a sample's first record, one more for each retry.
+    attempt: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON line's object."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Record":
+        """A record from its JSON object, also one written by an older run: missing keys take
+        their defaults (a null trace or count too), unknown keys are dropped, and an attempt
+        that is missing or not a number counts as the first."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and not (v is None and k in _NOT_NULL)}
+        try:
+            values["attempt"] = max(1, int(data.get("attempt") or 1))
+        except (TypeError, ValueError):
+            values["attempt"] = 1
+        return cls(**values)
+
+
+# Fields whose null (in a hand-edited or older line) means their default: an empty trace, a 0 count.
+_NOT_NULL = frozenset({"entry", "output", "reward", "correct", "num_new_tokens", "prompt_length", "num_video_tokens",
+                       "num_video_tokens_kept", "lite_layers", "num_layers", "skipped_rounds", "latency_s", "rank",
+                       "entropy", "entropy_after", "ema", "alpha", "updated"})
 
 
 def safe_name(benchmark: str) -> str:
@@ -121,26 +198,22 @@ def prediction_files(pred_dir: Path) -> list[tuple[str, int, Path]]:
     return out
 
 
-def attempt_of(record: dict) -> int:
-    """The record's attempt number (records written before attempts were counted are 1)."""
-    try:
-        return max(1, int(record.get("attempt") or 1))
-    except (TypeError, ValueError):
-        return 1
-
-
-def read_predictions(pred_dir: Path) -> dict[str, list[dict]]:
+def read_predictions(pred_dir: Path) -> dict[str, list[Record]]:
     """All records under `pred_dir`, per benchmark, one per sample key (the highest attempt; among
     equal attempts the first read), sorted by the sample's index in its benchmark file."""
-    per_bench: dict[str, dict[str, dict]] = {}
+    per_bench: dict[str, dict[str, Record]] = {}
     for _, _, path in prediction_files(pred_dir):
-        for rec in read_jsonl(path):
-            recs = per_bench.setdefault(str(rec["benchmark"]), {})
-            key = str(rec["key"])
-            if key not in recs or attempt_of(rec) > attempt_of(recs[key]):
+        for line in read_jsonl(path):
+            if "benchmark" not in line:
+                log.warning("skipping a line without a benchmark in %s", path)
+                continue
+            rec = Record.from_dict(line)
+            recs = per_bench.setdefault(str(rec.benchmark), {})
+            key = str(rec.key)
+            if key not in recs or rec.attempt > recs[key].attempt:
                 recs[key] = rec
     return {
-        bench: sorted(recs.values(), key=lambda r: (_index_key(r.get("index")), str(r["key"])))
+        bench: sorted(recs.values(), key=lambda r: (_index_key(r.index), str(r.key)))
         for bench, recs in sorted(per_bench.items())
     }
 

@@ -13,41 +13,41 @@ from pathlib import Path
 from typing import Optional
 
 from vreason.metrics import EvalMetrics, is_close, overall_row
-from vreason.records import PREDICTIONS_DIR, RESULTS_DIR, json_default, read_predictions, safe_name, write_atomic
+from vreason.records import PREDICTIONS_DIR, RESULTS_DIR, Record, json_default, read_predictions, safe_name, write_atomic
 from vreason.scoring import aggregate
 
 log = logging.getLogger(__name__)
 
 
-def protocol_result(record: dict) -> dict:
+def protocol_result(record: Record) -> dict:
     """One entry of the protocol's `results`: the input sample plus output, prediction, reward,
     correct and process; the error message and cost of the sample are kept beside them."""
-    out = dict(record.get("entry") or {})
+    out = dict(record.entry or {})
     out.update(
-        output=record.get("output"),
-        prediction=record.get("prediction"),
-        reward=record.get("reward"),
-        correct=record.get("correct"),
-        process=record.get("process"),
-        error=record.get("error"),
-        num_new_tokens=record.get("num_new_tokens"),
-        latency_s=record.get("latency_s"),
+        output=record.output,
+        prediction=record.prediction,
+        reward=record.reward,
+        correct=record.correct,
+        process=record.process,
+        error=record.error,
+        num_new_tokens=record.num_new_tokens,
+        latency_s=record.latency_s,
     )
     return out
 
 
-def summarize(records_by_bench: dict[str, list[dict]], max_tokens: Optional[int] = None) -> dict:
+def summarize(records_by_bench: dict[str, list[Record]], max_tokens: Optional[int] = None) -> dict:
     """The summary of complete records: the same metric classes the live run uses, computed in this
     process only, with `mean_acc`/`mean_mra` from the protocol's own aggregation."""
-    longest = max((len(r.get("entropy") or ()) for recs in records_by_bench.values() for r in recs), default=0)
-    longest = max(longest, max((int(r.get("num_new_tokens") or 0) for recs in records_by_bench.values() for r in recs), default=0))
+    longest = max((len(r.entropy) for recs in records_by_bench.values() for r in recs), default=0)
+    longest = max(longest, max((r.num_new_tokens for recs in records_by_bench.values() for r in recs), default=0))
     metrics = EvalMetrics(max(1, max_tokens or 0, longest), sync_on_compute=False)
     for recs in records_by_bench.values():
         for rec in recs:
             metrics.update(rec)
     computed = metrics.compute()
     for bench, recs in records_by_bench.items():
-        protocol = _protocol_scores(aggregate(recs), bench)
+        protocol = _protocol_scores(aggregate(r.to_dict() for r in recs), bench)
         computed["benchmarks"][bench].update(protocol)
     computed["overall"] = overall_row(computed["benchmarks"])
     return computed
@@ -88,11 +88,10 @@ def merge_predictions(root: str | Path, run_info: Optional[dict] = None, max_tok
     return summary
 
 
-def lite_coverage(records_by_bench: dict[str, list[dict]]) -> dict:
+def lite_coverage(records_by_bench: dict[str, list[Record]]) -> dict:
     """`{"lite_layers": [pruned, total]}` when Lite pruned fewer than all layers' caches (a hybrid
     decoder's recurrent layers hold no per-token entries), so the summary says it; else nothing."""
-    seen = {(int(r.get("lite_layers") or 0), int(r.get("num_layers") or 0))
-            for recs in records_by_bench.values() for r in recs if r.get("lite_layers")}
+    seen = {(r.lite_layers, r.num_layers) for recs in records_by_bench.values() for r in recs if r.lite_layers}
     partial = sorted((pruned, total) for pruned, total in seen if pruned < total)
     return {"lite_layers": list(partial[0])} if partial else {}
 

@@ -24,7 +24,7 @@ def log_summary_to_tensorboard(experiment, summary: dict, label: str, hparams: O
         ):
             if value is not None:
                 experiment.add_scalar(f"{tag}/{bench}", float(value), 0)
-        tokens = [int(r.get("num_new_tokens") or 0) for r in records.get(bench, [])]
+        tokens = [r.num_new_tokens for r in records.get(bench, [])]
         if tokens:
             experiment.add_histogram(f"output_tokens/{bench}", np.asarray(tokens, dtype=np.int64), 0)
         if row["entropy_curve"]["mean"]:

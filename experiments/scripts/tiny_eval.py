@@ -66,7 +66,7 @@ def predict(root: Path, bench: Path, mode: str, sample: bool, model: str, max_ne
 def records(run: Path) -> list[dict]:
     from vreason.records import read_predictions
 
-    return [r for recs in read_predictions(run / "predictions").values() for r in recs]
+    return [r.to_dict() for recs in read_predictions(run / "predictions").values() for r in recs]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

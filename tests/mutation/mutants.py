@@ -95,7 +95,7 @@ MUTANTS: list[Mutant] = [
            ("tests/test_cli.py::test_resume_refuses_other_inputs",),
            "a benchmark file edited in place is another benchmark"),
     Mutant("resume-keeps-error-records", "vreason/callbacks.py",
-           'self._kept = [r for r in existing if not (self.retry_errors and r.get("error"))]',
+           'self._kept = [r for r in existing if not (self.retry_errors and r.error)]',
            "self._kept = existing",
            ("tests/test_cli.py::test_broken_samples_complete_with_exit_0_and_are_counted",),
            "error samples run again on resume"),
