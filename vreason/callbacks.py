@@ -7,6 +7,14 @@ on rank 0 at the end of predict merges every rank's records into the protocol's 
 the summary (`report.py`) and TensorBoard (`tb_logging.py`). It learns what produced the run
 from `run_settings()` of the module and of the datamodule.
 
+With several ranks (DDP), ranks never synchronise while they predict, so at the end a fast rank
+may wait hours for a slow one. It waits on the shared file system, not in a collective: each rank
+writes a marker when its records are complete and waits for every rank's marker
+(`records.wait_for_ranks`, up to `rank_wait`); only then do the collectives of the end (the live
+metrics, the merge's barriers) run, all ranks present. A rank still missing after `rank_wait`
+stops the run with one line; its records and everyone's stay, and the same command run again
+resumes and merges (a re-run with nothing left to do only merges).
+
 Resume (**ours**): finished samples are skipped; samples whose record is an error (a media root
 that was wrong, a model that ran out of memory) run again by default, and their new record
 supersedes the old one (`retry_errors=False` keeps error records as they are).
@@ -16,23 +24,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 
-from vreason.records import (PREDICTIONS_DIR, RUN_CONFIG, Record, json_default, prediction_files, read_predictions,
-                             safe_name, truncate_partial_line, write_atomic)
+from vreason.records import (DIST_TIMEOUT, PREDICTIONS_DIR, RUN_CONFIG, Record, clear_finished, json_default, mark_finished,
+                             prediction_files, read_predictions, safe_name, truncate_partial_line, wait_for_ranks,
+                             write_atomic)
 from vreason.report import merge_predictions
 from vreason.run_settings import flat_hparams, run_config, run_info
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PredictionWriter", "EvalProgressBar", "ResumeMismatchError"]
+__all__ = ["PredictionWriter", "EvalProgressBar", "ResumeMismatchError", "RanksDidNotFinishError"]
 
 
 class ResumeMismatchError(ValueError):
     """The output folder holds predictions made with a different configuration."""
+
+
+class RanksDidNotFinishError(RuntimeError):
+    """Some ranks did not finish within the writer's `rank_wait`."""
 
 
 def _settings(obj: Any) -> Optional[dict]:
@@ -46,14 +60,18 @@ class PredictionWriter(BasePredictionWriter):
     output_dir: the run's root; None means `trainer.default_root_dir`.
     fsync: force each line to disk, so a power loss or a killed node loses at most one sample.
     retry_errors: on resume, run error samples again (default) instead of keeping their records.
+    rank_wait: with several ranks, how long the first to finish waits for the others at the end.
     """
 
-    def __init__(self, output_dir: Optional[str] = None, fsync: bool = True, retry_errors: bool = True) -> None:
+    def __init__(self, output_dir: Optional[str] = None, fsync: bool = True, retry_errors: bool = True,
+                 rank_wait: timedelta = DIST_TIMEOUT) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.fsync = fsync
         self.retry_errors = retry_errors
+        self.rank_wait = rank_wait
         self._files: dict[str, Any] = {}
+        self._written = 0
         self._kept: list[Record] = []
         self._attempts: dict[str, int] = {}
         self.summary: Optional[dict] = None
@@ -65,6 +83,9 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer, pl_module, stage: str) -> None:
         pred_dir = self.root(trainer) / PREDICTIONS_DIR
         self._check_run_config(trainer, pl_module, pred_dir)
+        # Lightning's barrier after every rank's setup keeps this before any rank's wait.
+        clear_finished(pred_dir, trainer.global_rank)
+        self._written = 0
         # Only this rank writes its own files, so only it may cut their partial last lines; the
         # reads below skip partial lines anyway, whichever rank wrote them.
         for _, rank, path in prediction_files(pred_dir):
@@ -129,14 +150,27 @@ class PredictionWriter(BasePredictionWriter):
             f.flush()
             if self.fsync:
                 os.fsync(f.fileno())
+            self._written += 1
 
     def _close(self) -> None:
         for f in self._files.values():
             f.close()
         self._files.clear()
 
+    def _wait_for_other_ranks(self, trainer) -> None:
+        pred_dir = self.root(trainer) / PREDICTIONS_DIR
+        mark_finished(pred_dir, trainer.global_rank, self._written)
+        missing = wait_for_ranks(pred_dir, trainer.world_size, self.rank_wait.total_seconds())
+        if missing:
+            raise RanksDidNotFinishError(
+                f"rank(s) {', '.join(map(str, missing))} did not finish within {self.rank_wait} of rank "
+                f"{trainer.global_rank}; every finished record stays under {pred_dir}: run the same command again "
+                "to resume and merge")
+
     def on_predict_end(self, trainer, pl_module) -> None:
         self._close()
+        if trainer.world_size > 1:
+            self._wait_for_other_ranks(trainer)
         compute = getattr(pl_module, "compute_metrics", None)
         # A collective: every rank computes, so the synced values are the whole run's.
         self.live_metrics = compute() if callable(compute) else None

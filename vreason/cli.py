@@ -12,11 +12,13 @@ import argparse
 import os
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
 # The evaluation trainer is defined once, in trainer.py (the demo and the tests use it too).
-from vreason.trainer import TRAINER_DEFAULTS, eval_callbacks, eval_logger, eval_trainer  # noqa: F401
+from vreason.trainer import (DIST_TIMEOUT, TRAINER_DEFAULTS, eval_callbacks, eval_logger, eval_trainer,  # noqa: F401
+                             set_process_group_timeout)
 
 USAGE = """usage: vreason {predict,demo,synth,train-tiny,doctor} ...
 
@@ -56,6 +58,8 @@ def _make_cli_class():
             parser.link_arguments("model.model_path", "data.model_path")
             parser.add_argument("--retry_errors", type=bool, default=True,
                                 help="on resume, run samples whose record is an error again (default true)")
+            parser.add_argument("--dist_timeout_hours", type=float, default=DIST_TIMEOUT.total_seconds() / 3600,
+                                help="with several processes, how long ranks wait for the slowest one (default 12)")
 
         def instantiate_trainer(self, **kwargs):
             config = self._get(self.config_init, "trainer", default={})
@@ -63,8 +67,14 @@ def _make_cli_class():
                 kwargs["logger"] = eval_logger(config.get("default_root_dir") or os.getcwd())
             progress_bar = config.get("enable_progress_bar") is not False
             retry_errors = self._get(self.config_init, "retry_errors", default=True)
-            self.trainer_defaults["callbacks"] = eval_callbacks(progress_bar, bool(retry_errors))
-            return super().instantiate_trainer(**kwargs)
+            hours = self._get(self.config_init, "dist_timeout_hours", default=DIST_TIMEOUT.total_seconds() / 3600)
+            if not hours > 0:
+                raise ValueError(f"dist_timeout_hours must be > 0, got {hours}")
+            timeout = timedelta(hours=hours)
+            self.trainer_defaults["callbacks"] = eval_callbacks(progress_bar, bool(retry_errors), timeout)
+            trainer = super().instantiate_trainer(**kwargs)
+            set_process_group_timeout(trainer, timeout)
+            return trainer
 
     return VReasonCLI
 
@@ -98,7 +108,7 @@ def build_cli(args: Sequence[str]):
 def predict(args: Sequence[str]) -> int:
     from argparse import ArgumentError
 
-    from vreason.callbacks import ResumeMismatchError
+    from vreason.callbacks import RanksDidNotFinishError, ResumeMismatchError
     from vreason.data.benchmark import BenchmarkError
     from vreason.models import ModelLoadError
     from vreason.predict import FatalAcceleratorError
@@ -109,10 +119,11 @@ def predict(args: Sequence[str]) -> int:
         return _fail("predict", exc, EXIT_CONFIG)
     try:
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    except (ModelLoadError, BenchmarkError, ResumeMismatchError, ValueError, OSError, FatalAcceleratorError) as exc:
+    except (ModelLoadError, BenchmarkError, ResumeMismatchError, ValueError, OSError, FatalAcceleratorError,
+            RanksDidNotFinishError) as exc:
         # Inputs that cannot be used (model folder, benchmark files, a data setting only checked
-        # when the files are read, an unwritable output folder) or a device that failed for good
-        # (a re-run resumes): one line naming them.
+        # when the files are read, an unwritable output folder), a device that failed for good or
+        # a rank that never finished (a re-run resumes): one line naming them.
         # VREASON_TRACEBACK=1 shows the traceback instead, for debugging.
         if os.environ.get("VREASON_TRACEBACK"):
             raise

@@ -5,6 +5,7 @@ Layout under the run's root (`trainer.default_root_dir`):
 
     predictions/<benchmark>.rank<R>.jsonl   one record per line, appended as each sample finishes
     predictions/run_config.json             what produced them (a resume must match it)
+    predictions/.finished.rank<R>           rank R has written all its records (DDP, `wait_for_ranks`)
     results/eval_<benchmark>.json           the protocol's format, merged over ranks (report.py)
     summary.json, summary.md                the per-benchmark table (report.py)
     tb/                                     TensorBoard
@@ -29,6 +30,8 @@ import logging
 import os
 import re
 import tempfile
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -220,3 +223,34 @@ def read_predictions(pred_dir: Path) -> dict[str, list[Record]]:
 
 def _index_key(index: Any) -> tuple:
     return (0, index, "") if isinstance(index, (int, float)) else (1, 0, str(index))
+
+
+# **ours**: how long the ranks of a run wait for each other at its end (the slowest rank's lag
+# behind the fastest): several hours, so that a benchmark shard that drew the long samples still
+# merges. `--dist_timeout_hours` on the command line.
+DIST_TIMEOUT = timedelta(hours=12)
+
+
+def _finished_marker(pred_dir: Path, rank: int) -> Path:
+    return pred_dir / f".finished.rank{rank}"
+
+
+def clear_finished(pred_dir: Path, rank: int) -> None:
+    """Remove rank `rank`'s marker of an earlier run (each rank its own, before it predicts)."""
+    _finished_marker(pred_dir, rank).unlink(missing_ok=True)
+
+
+def mark_finished(pred_dir: Path, rank: int, records: int) -> None:
+    """Say on the shared file system that rank `rank` wrote all its records (`records` this run)."""
+    write_atomic(_finished_marker(pred_dir, rank), json.dumps({"rank": rank, "records": records}))
+
+
+def wait_for_ranks(pred_dir: Path, world_size: int, timeout_s: float, poll_s: float = 1.0) -> list[int]:
+    """Wait until every rank's marker exists, polling the file system (no collective, so no
+    process-group timeout applies), at most `timeout_s` seconds; returns the ranks still missing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [r for r in range(world_size) if not _finished_marker(pred_dir, r).is_file()]
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))

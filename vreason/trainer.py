@@ -3,14 +3,23 @@
 Its settings are written once here: TensorBoard under `<root>/tb`, the resumable prediction
 writer and the progress bar, no checkpoints or model summary (nothing is trained), and autograd
 available (the controller's optimization needs it; Lightning's inference mode forbids it).
+
+Long runs on several GPUs (**ours**): ranks never synchronise while they predict, so the first
+collective at the end waits for the slowest rank. Lightning's process group gives up after 30
+minutes; an evaluation's process group (`set_process_group_timeout`) and the writer's wait for
+the other ranks (`PredictionWriter(rank_wait=...)`) both allow `DIST_TIMEOUT` (12 hours,
+`records.py`) instead, `--dist_timeout_hours` on the command line.
 """
 from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Sequence
 
-__all__ = ["TRAINER_DEFAULTS", "eval_callbacks", "eval_logger", "eval_trainer"]
+from vreason.records import DIST_TIMEOUT
+
+__all__ = ["DIST_TIMEOUT", "TRAINER_DEFAULTS", "eval_callbacks", "eval_logger", "eval_trainer", "set_process_group_timeout"]
 
 
 class _NoAdvertisement(logging.Filter):
@@ -42,20 +51,34 @@ def eval_logger(root: str | os.PathLike):
 TRAINER_DEFAULTS = {"enable_checkpointing": False, "enable_model_summary": False, "inference_mode": False}
 
 
-def eval_callbacks(progress_bar: bool = True, retry_errors: bool = True) -> list:
+def eval_callbacks(progress_bar: bool = True, retry_errors: bool = True, rank_wait: timedelta = DIST_TIMEOUT) -> list:
     """The resumable writer and, unless turned off, the informative progress bar."""
     from vreason.callbacks import EvalProgressBar, PredictionWriter
 
-    return [PredictionWriter(retry_errors=retry_errors)] + ([EvalProgressBar()] if progress_bar else [])
+    writer = PredictionWriter(retry_errors=retry_errors, rank_wait=rank_wait)
+    return [writer] + ([EvalProgressBar()] if progress_bar else [])
+
+
+def set_process_group_timeout(trainer, timeout: timedelta) -> None:
+    """Give the process group the trainer will create `timeout` instead of Lightning's 30 minutes.
+    Lightning's distributed strategies keep the timeout they pass to `init_process_group` in
+    `_timeout` and take it as a constructor argument only; a strategy without one (one device)
+    has no process group. Call it before `trainer.predict`."""
+    if hasattr(trainer.strategy, "_timeout"):
+        trainer.strategy._timeout = timeout
 
 
 def eval_trainer(root: str | os.PathLike, accelerator: str = "cpu", devices: int | str = 1, strategy: str = "auto",
-                 enable_progress_bar: bool = True, callbacks: Sequence = (), retry_errors: bool = True, **kwargs):
+                 enable_progress_bar: bool = True, callbacks: Sequence = (), retry_errors: bool = True,
+                 dist_timeout: timedelta = DIST_TIMEOUT, **kwargs):
     """A Trainer set up for evaluation: outputs under `root`, TensorBoard logger, the evaluation
-    callbacks (then `callbacks`) and `TRAINER_DEFAULTS` (overridable through `kwargs`)."""
+    callbacks (then `callbacks`) and `TRAINER_DEFAULTS` (overridable through `kwargs`); with
+    several processes, ranks wait for each other up to `dist_timeout`."""
     from lightning.pytorch import Trainer
 
     settings = {"logger": eval_logger(root), **TRAINER_DEFAULTS, **kwargs}
-    return Trainer(default_root_dir=str(root), accelerator=accelerator, devices=devices, strategy=strategy,
-                   callbacks=eval_callbacks(enable_progress_bar, retry_errors) + list(callbacks),
-                   enable_progress_bar=enable_progress_bar, **settings)
+    trainer = Trainer(default_root_dir=str(root), accelerator=accelerator, devices=devices, strategy=strategy,
+                      callbacks=eval_callbacks(enable_progress_bar, retry_errors, dist_timeout) + list(callbacks),
+                      enable_progress_bar=enable_progress_bar, **settings)
+    set_process_group_timeout(trainer, dist_timeout)
+    return trainer
