@@ -456,3 +456,18 @@ def test_no_child_to_fork_reads_here_without_the_limit(monkeypatch, clips):
     monkeypatch.setattr(timeout.os, "fork", no_fork)
     frames, _ = load_video(clips["twenty"], num_frames=4, video_timeout=5)
     assert torch.equal(frames, expected)
+
+
+@pytest.mark.parametrize("preset", [{}, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"},
+                                    {"PYTORCH_ALLOC_CONF": "max_split_size_mb:128"}])
+def test_predict_asks_for_expandable_segments_unless_the_user_chose(monkeypatch, capsys, preset):
+    from vreason.cli import main
+
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in preset.items():
+        monkeypatch.setenv(name, value)
+    assert main(["predict", "--model.controller.bogus", "1"]) == 2  # set before anything is parsed or loaded
+    want = preset.get("PYTORCH_CUDA_ALLOC_CONF", None if preset else "expandable_segments:True")
+    assert os.environ.get("PYTORCH_CUDA_ALLOC_CONF") == want
+    assert os.environ.get("PYTORCH_ALLOC_CONF") == preset.get("PYTORCH_ALLOC_CONF")

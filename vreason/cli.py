@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 # The evaluation trainer is defined once, in trainer.py (the demo and the tests use it too).
 from vreason.trainer import (DIST_TIMEOUT, TRAINER_DEFAULTS, eval_callbacks, eval_logger, eval_trainer,  # noqa: F401
-                             set_process_group_timeout)
+                             long_run_allocator, set_process_group_timeout)
 
 USAGE = """usage: vreason {predict,demo,synth,train-tiny,doctor} ...
 
@@ -113,6 +113,7 @@ def predict(args: Sequence[str]) -> int:
     from vreason.models import ModelLoadError
     from vreason.predict import FatalAcceleratorError
 
+    long_run_allocator()
     try:
         cli = build_cli(args)
     except (ArgumentError, ValueError) as exc:

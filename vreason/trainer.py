@@ -19,7 +19,8 @@ from typing import Sequence
 
 from vreason.records import DIST_TIMEOUT
 
-__all__ = ["DIST_TIMEOUT", "TRAINER_DEFAULTS", "eval_callbacks", "eval_logger", "eval_trainer", "set_process_group_timeout"]
+__all__ = ["DIST_TIMEOUT", "TRAINER_DEFAULTS", "eval_callbacks", "eval_logger", "eval_trainer", "long_run_allocator",
+           "set_process_group_timeout"]
 
 
 class _NoAdvertisement(logging.Filter):
@@ -66,6 +67,15 @@ def set_process_group_timeout(trainer, timeout: timedelta) -> None:
     has no process group. Call it before `trainer.predict`."""
     if hasattr(trainer.strategy, "_timeout"):
         trainer.strategy._timeout = timeout
+
+
+def long_run_allocator() -> None:
+    """**ours**: with neither `PYTORCH_CUDA_ALLOC_CONF` nor `PYTORCH_ALLOC_CONF` set, use PyTorch's
+    expandable segments, so memory fragmented by thousands of samples of different sizes is not
+    an out-of-memory error (and a retry with fewer frames) hours into a run. Must run before the
+    first CUDA allocation; a user's own setting is left alone."""
+    if not os.environ.get("PYTORCH_CUDA_ALLOC_CONF") and not os.environ.get("PYTORCH_ALLOC_CONF"):
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 
 def eval_trainer(root: str | os.PathLike, accelerator: str = "cpu", devices: int | str = 1, strategy: str = "auto",
