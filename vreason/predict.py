@@ -169,7 +169,7 @@ class Predictor:
         out_of_memory = None
         try:
             return self._generate([item])[0]
-        except Exception as exc:  # any other per-sample failure must not end a long run
+        except Exception as exc:  # a failing sample must not end a long run (unless the device is lost)
             if is_fatal(exc):
                 raise _stop(sample.key, exc) from exc
             if not is_out_of_memory(exc):
