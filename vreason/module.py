@@ -24,7 +24,7 @@ from lightning.pytorch import LightningModule
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.metrics import EvalMetrics
 from vreason.batch_predict import BatchPrediction
-from vreason.run_settings import plain
+from vreason.run_settings import plain, run_label
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,18 @@ def _one_line(exc: BaseException) -> str:
 class VReasonModule(BatchPrediction, LightningModule):
     """Evaluation of one model in one controller mode over benchmark samples.
 
-    model_path: a local Qwen2.5-VL / Qwen2-VL folder (`vreason.load_model`).
-    controller: the test-time controller (`--model.controller.mode switch|minimize|maximize|off`, ...).
-    decode: decoding (`--model.decode.max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`, `min_p`, `seed`).
-    dtype: weights' dtype: auto (the checkpoint's), bfloat16, float16 or float32.
-    device_map: `auto` spreads the model's layers over the visible GPUs (one process per node);
-        None keeps it whole on the process's device. max_memory: with it, a cap per GPU ("70GiB").
-    plot_samples: per benchmark, how many of the first samples (on rank 0) get a TensorBoard
-        figure of their entropy, EMA and α traces.
-    max_seconds_per_sample: wall-clock budget of one sample's generation (None: no limit); past
-        it the sample stops with `stop_reason` "time" and its answer is scored as it stands.
+    Args:
+        model_path: a local model folder (`vreason.load_model`; Qwen2.5-VL, Qwen2-VL and README's families).
+        controller: the test-time controller (--model.controller.mode switch|minimize|maximize|off, ...).
+        decode: decoding (--model.decode.max_new_tokens, do_sample, temperature, top_k, top_p, min_p, seed).
+        dtype: weights' dtype: auto (the checkpoint's), bfloat16, float16 or float32.
+        plot_samples: per benchmark, how many of the first samples (on rank 0) get a TensorBoard
+            figure of their entropy, EMA and alpha traces.
+        device_map: auto spreads the model's layers over the visible GPUs (one process per node);
+            null keeps it whole on the process's device.
+        max_memory: with device_map, a cap per GPU ("70GiB").
+        max_seconds_per_sample: wall-clock budget of one sample's generation (null: no limit); past
+            it the sample stops with stop_reason "time" and its answer is scored as it stands.
     """
 
     def __init__(
@@ -315,4 +317,4 @@ class VReasonModule(BatchPrediction, LightningModule):
 
         self._plotted[record["benchmark"]] = done + 1
         tag = f"samples/{record['benchmark']}/{record['index']:05d}" if isinstance(record["index"], int) else f"samples/{record['key']}"
-        experiment.add_image(tag, figure_image(sample_trace_figure(record)), 0, dataformats="HWC")
+        experiment.add_image(tag, figure_image(sample_trace_figure(record, run_label(plain(self.controller)))), 0, dataformats="HWC")
