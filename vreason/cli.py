@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # The evaluation trainer is defined once, in trainer.py (the demo and the tests use it too).
-from vreason.trainer import TRAINER_DEFAULTS, eval_callbacks, eval_logger, eval_trainer  # noqa: F401
+from vreason.trainer import (TRAINER_DEFAULTS, choose_cpu_threads, eval_callbacks, eval_logger,  # noqa: F401
+                             eval_trainer, hide_lightning_tips)
 
 USAGE = """usage: vreason {predict,demo,synth,train-tiny,doctor} ...
 
@@ -58,6 +59,7 @@ def _make_cli_class():
                                 help="on resume, run samples whose record is an error again (default true)")
 
         def instantiate_trainer(self, **kwargs):
+            hide_lightning_tips()
             config = self._get(self.config_init, "trainer", default={})
             if config.get("logger") in (None, True):
                 kwargs["logger"] = eval_logger(config.get("default_root_dir") or os.getcwd())
@@ -67,6 +69,13 @@ def _make_cli_class():
             return super().instantiate_trainer(**kwargs)
 
     return VReasonCLI
+
+
+PREDICT_DESCRIPTION = (
+    "Evaluate a model over protocol benchmark files with trainer.predict. The project's own keys "
+    "(--model.*, --data.*, --retry_errors) are described at the end of this help, after Lightning's "
+    "--trainer.* keys; their text is the docstrings of VReasonModule, ControllerConfig, DecodeConfig and "
+    "BenchmarkDataModule.")
 
 
 def build_cli(args: Sequence[str]):
@@ -88,7 +97,7 @@ def build_cli(args: Sequence[str]):
             run=False,
             args=list(args),
             seed_everything_default=False,
-            parser_kwargs={"exit_on_error": False, "prog": "vreason predict"},
+            parser_kwargs={"exit_on_error": False, "prog": "vreason predict", "description": PREDICT_DESCRIPTION},
             save_config_kwargs={"overwrite": True},
             trainer_defaults={**TRAINER_DEFAULTS, "devices": 1},
             auto_configure_optimizers=False,
@@ -106,6 +115,8 @@ def predict(args: Sequence[str]) -> int:
         cli = build_cli(args)
     except (ArgumentError, ValueError) as exc:
         return _fail("predict", exc, EXIT_CONFIG)
+    if cli.trainer.strategy.root_device.type == "cpu":
+        choose_cpu_threads(cli.model.run_settings()["model_path"])  # as the demo does
     try:
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     except (ModelLoadError, BenchmarkError, ResumeMismatchError, ValueError, OSError) as exc:
