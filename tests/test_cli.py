@@ -132,16 +132,49 @@ def test_unknown_command_and_help(capsys):
     assert main([]) == 2 and main(["--help"]) == 0
 
 
+def run_demo(out, *flags):
+    proc = subprocess.run([sys.executable, "-m", "vreason.cli", "demo", "--out", str(out), *flags],
+                          capture_output=True, text=True, env=user_env(), timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc.stdout
+
+
 def test_demo_runs_both_modes_and_prints_its_table(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "vreason.cli", "demo", "--out", str(tmp_path), "--n", "3",
-                           "--max-new-tokens", "12"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| mode |" in proc.stdout and "| off | 3 |" in proc.stdout and "| switch | 3 |" in proc.stdout
+    stdout = run_demo(tmp_path, "--n", "3", "--max-new-tokens", "12")
+    assert "| mode |" in stdout and "| off | 3 |" in stdout and "| switch | 3 |" in stdout
     for mode in ("off", "switch"):
         assert (tmp_path / mode / "results" / "eval_Synthetic.json").is_file()
         assert list((tmp_path / mode / "tb").glob("events.out.tfevents.*"))
     assert list((tmp_path / "compare").glob("events.out.tfevents.*"))
+    # The table is also a file, and the sentence about speed is the table's own numbers.
+    table = (tmp_path / "comparison.md").read_text()
+    assert table.strip() in stdout
+    overall = {m: json.loads((tmp_path / m / "summary.json").read_text())["overall"] for m in ("off", "switch")}
+    assert f" {overall['switch']['tokens_per_s']:.1f} | 0 |" in table.splitlines()[3]
+    ratio = overall["switch"]["tokens_per_s"] / overall["off"]["tokens_per_s"]
+    assert f"switch {ratio:.2f}× the tokens/s" in stdout
+
+
+def test_a_second_demo_in_the_same_folder_computes_what_it_says(tmp_path):
+    first = run_demo(tmp_path, "--n", "3", "--modes", "off", "--max-new-tokens", "8")
+    assert "| off | 3 |" in first and "held an earlier demo" not in first
+    # Other settings in the same folder: every flag takes effect (no resume of the old run).
+    second = run_demo(tmp_path, "--n", "2", "--sample", "--seed", "7", "--modes", "off", "switch", "--max-new-tokens", "8")
+    assert "held an earlier demo: it is replaced" in second.splitlines()[0]
+    assert "| off | 2 |" in second and "| switch | 2 |" in second and "sampled" in second
+    records = [json.loads(line) for line in (tmp_path / "off" / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    assert json.loads((tmp_path / "off" / "summary.json").read_text())["decode"]["do_sample"] is True
+    third = run_demo(tmp_path, "--random", "--n", "2", "--modes", "off", "--max-new-tokens", "4")
+    assert "| off | 2 |" in third and "random weights" in third
+    assert not (tmp_path / "switch").exists()  # the earlier demo's outputs are gone, not mixed in
+
+
+def test_demo_refuses_a_folder_that_holds_something_else(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    assert "holds no earlier demo" in error_line(capsys)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 CONFIGS = REPO / "experiments" / "configs"
