@@ -426,3 +426,22 @@ def test_lightning_device_lines_at_most_once_and_no_empty_progress_bar(assets, t
     bars = [part for part in re.split(r"[\r\n]", out) if "it/s]" in part or "?it/s" in part]
     assert bars and not [b for b in bars if "0/?" in b], bars
     assert "score=" in out
+
+
+def test_the_readme_first_predict_command_runs_as_written(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from vreason.models.tiny import trained_path
+
+    text = (REPO / "README.md").read_text()
+    block = text.split("A first `vreason predict`, copy-paste", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    joined = [shlex.split(line) for line in block.replace("\\\n", " ").strip().splitlines()]
+    assert [c[:2] for c in joined] == [["vreason", "synth"], ["vreason", "predict"]], block
+    monkeypatch.chdir(tmp_path)  # the command's relative paths land here
+    synth, predict = joined
+    assert main(synth[1:] + ["--n", "2"]) == 0  # fewer questions, same command
+    predict = [str(trained_path()) if "trained_path()" in a else a for a in predict]
+    assert main(predict[1:] + ["--model.decode.max_new_tokens", "8", "--trainer.enable_progress_bar", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "| Synthetic | 2 |" in out
+    assert (tmp_path / "runs" / "tiny-switch" / "summary.json").is_file()
