@@ -90,7 +90,11 @@ def test_merge_writes_the_protocol_files_and_the_summary(tmp_path):
     assert on_disk["overall"]["mean_score"] == pytest.approx((1 / 3 + 1.0 + 0.4) / 3)
     assert "_records" not in on_disk and "_records" in summary
     md = (tmp_path / "summary.md").read_text()
-    assert "| A | 3 | 33.3 | – |" in md and "| V | 2 | 100.0 | 40.0 |" in md and "**overall** | 5 |" in md
+    # n, answered, score (the mean of the row's accuracy and MRA columns), accuracy, MRA
+    assert "| A | 3 | 2 | 33.3 | 33.3 | – |" in md and "| V | 2 | 2 | 70.0 | 100.0 | 40.0 |" in md
+    assert "| **overall** | 5 | 4 | 57.8 |" in md
+    assert on_disk["error_reasons"] == [{"reason": "cannot decode video: x.mp4", "count": 1, "example": "cannot decode video: x.mp4"}]
+    assert "1 × cannot decode video: x.mp4" in md
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
@@ -132,4 +136,29 @@ def test_tensorboard_content_is_readable(tmp_path):
 
 def test_summary_markdown_handles_missing_values():
     md = summary_markdown({"benchmarks": {"X": {"n": 0, "n_errors": 0}}, "overall": {"n": 0, "n_errors": 0}})
-    assert "| X | 0 | – | – |" in md
+    assert "| X | 0 | 0 | – | – | – |" in md
+
+
+def test_progress_bar_score_is_the_summary_score(tmp_path):
+    """One "score": the bar's running value over the records it has seen equals the summary's
+    overall score over the same records (the mean of the accuracy and MRA columns), not the mean
+    reward over all samples."""
+    from vreason.callbacks import EvalProgressBar
+
+    recs = [record("A", 0), record("A", 1, reward=0.0), record("A", 2, error="media not found: /v.mp4", reward=0.0, tokens=0),
+            record("V", 0, problem_type="regression", reward=0.4), record("V", 1, problem_type="multiple choice", reward=1.0)]
+    bar = EvalProgressBar()
+    bar.on_predict_start(None, None)
+    bar.on_predict_batch_end(None, None, [Record.from_dict(r) for r in recs[:3]], None, 0)
+    bar.on_predict_batch_end(None, None, [Record.from_dict(r) for r in recs[3:]], None, 1)
+    write_lines(tmp_path / "predictions" / "A.rank0.jsonl", [r for r in recs if r["benchmark"] == "A"])
+    write_lines(tmp_path / "predictions" / "V.rank0.jsonl", [r for r in recs if r["benchmark"] == "V"])
+    summary = merge_predictions(tmp_path, max_tokens=8)
+    want = (1 / 3 + 1.0 + 0.4) / 3  # A's accuracy, V's accuracy, V's MRA
+    stats = bar.stats()
+    assert stats["score"] == f"{want:.3f}" and summary["overall"]["mean_score"] == pytest.approx(want)
+    assert stats["score"] != f"{sum(r['reward'] for r in recs) / len(recs):.3f}"  # the old, third definition
+    assert stats["errors"] == 1
+    answered = [r for r in recs if not r["error"]]
+    assert stats["tok/s"] == f"{sum(r['num_new_tokens'] for r in answered) / sum(r['latency_s'] for r in answered):.1f}"
+    assert f"| **overall** | 5 | 4 | {100 * want:.1f} |" in (tmp_path / "summary.md").read_text()

@@ -132,16 +132,46 @@ def test_unknown_command_and_help(capsys):
     assert main([]) == 2 and main(["--help"]) == 0
 
 
-def test_demo_runs_both_modes_and_prints_its_table(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "vreason.cli", "demo", "--out", str(tmp_path), "--n", "3",
-                           "--max-new-tokens", "12"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| mode |" in proc.stdout and "| off | 3 |" in proc.stdout and "| switch | 3 |" in proc.stdout
+def run_demo(out, *flags):
+    proc = subprocess.run([sys.executable, "-m", "vreason.cli", "demo", "--out", str(out), *flags],
+                          capture_output=True, text=True, env=user_env(), timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_demo_prints_its_table_and_a_second_demo_computes_what_it_says(tmp_path):
+    stdout = run_demo(tmp_path, "--n", "3", "--max-new-tokens", "12")
+    assert "| mode |" in stdout and "| off | 3 |" in stdout and "| switch | 3 |" in stdout
     for mode in ("off", "switch"):
         assert (tmp_path / mode / "results" / "eval_Synthetic.json").is_file()
         assert list((tmp_path / mode / "tb").glob("events.out.tfevents.*"))
     assert list((tmp_path / "compare").glob("events.out.tfevents.*"))
+    # The table is also a file, and the sentence about speed is the table's own numbers.
+    table = (tmp_path / "comparison.md").read_text()
+    assert table.strip() in stdout
+    overall = {m: json.loads((tmp_path / m / "summary.json").read_text())["overall"] for m in ("off", "switch")}
+    assert f" {overall['switch']['tokens_per_s']:.1f} | 0 |" in table.splitlines()[3]
+    ratio = overall["switch"]["tokens_per_s"] / overall["off"]["tokens_per_s"]
+    assert f"switch {ratio:.2f}× the tokens/s" in stdout
+    assert "held an earlier demo" not in stdout
+
+    # A second demo in the same folder, other settings: every flag takes effect (no resume of the old run).
+    second = run_demo(tmp_path, "--n", "2", "--sample", "--seed", "7", "--modes", "off", "switch", "--max-new-tokens", "8")
+    assert "held an earlier demo: it is replaced" in second.splitlines()[0]
+    assert "| off | 2 |" in second and "| switch | 2 |" in second and "sampled" in second
+    records = [json.loads(line) for line in (tmp_path / "off" / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    assert json.loads((tmp_path / "off" / "summary.json").read_text())["decode"]["do_sample"] is True
+    third = run_demo(tmp_path, "--random", "--n", "2", "--modes", "off", "--max-new-tokens", "4")
+    assert "| off | 2 |" in third and "random weights" in third
+    assert not (tmp_path / "switch").exists()  # the earlier demo's outputs are gone, not mixed in
+
+
+def test_demo_refuses_a_folder_that_holds_something_else(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    assert "holds no earlier demo" in error_line(capsys)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 CONFIGS = REPO / "experiments" / "configs"
@@ -257,3 +287,158 @@ def test_predict_output_has_nothing_a_user_cannot_act_on(assets, tmp_path):
     assert "| Synthetic |" in proc.stdout
     noise = [line for line in output.splitlines() if re.search(r"warn|deprecat|💡", line, re.IGNORECASE)]
     assert noise == []
+
+
+# ---------------------------------------------------------------------------------------------
+# What a new user meets
+
+
+def user_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+class LightningConsole:
+    """The lines Lightning's console logger prints (it writes to the real stderr, not capsys)."""
+
+    def __init__(self):
+        import logging
+
+        self.lines: list[str] = []
+        console = self
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                console.lines.append(record.getMessage())
+
+        self.handler, self.logger = Handler(), logging.getLogger("lightning.pytorch")
+
+    def __enter__(self):
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+
+
+def test_one_benchmark_path_needs_no_list(assets, tmp_path):
+    from vreason.cli import build_cli
+
+    args = small(assets, tmp_path)
+    args[args.index(f"[{assets['bench']}]")] = assets["bench"]
+    cli = build_cli(args[1:])
+    assert cli.datamodule.files == [assets["bench"]]
+
+
+def test_predict_help_describes_every_project_key():
+    proc = subprocess.run([sys.executable, "-m", "vreason.cli", "predict", "--help"], capture_output=True, text=True,
+                          env=user_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Each option's entry: its flag line, then indented text up to the next flag.
+    entries = re.split(r"\n  (?=--)", proc.stdout)
+    described = {}
+    for entry in entries:
+        flag = entry.split()[0]
+        if flag.startswith(("--model.", "--data.", "--retry_errors")) and not flag.endswith("+"):
+            text = " ".join(entry.split()[1:])
+            text = re.sub(r"^[A-Z_]+(, --\S+ [A-Z_]+)?|^\{[^}]*\}|^\[ITEM,\.\.\.\](, \S+ \[ITEM,\.\.\.\])?", "", text)
+            described[flag] = re.sub(r"\((required, )?type: .*\)$", "", text).strip()
+    for key in ("--model.model_path", "--model.controller.mode", "--model.controller.adam_eps", "--model.decode.top_p",
+                "--model.max_seconds_per_sample", "--data.files", "--data.num_frames", "--data.video_timeout",
+                "--data.batch_size", "--data.template", "--retry_errors"):
+        assert key in described, key
+    missing = sorted(k for k, text in described.items() if len(text) < 8 and not k.endswith(("controller", "decode")))
+    assert missing == [], missing
+    assert "at the end of this help" in " ".join(proc.stdout.split("options:")[0].split())
+
+
+@pytest.mark.parametrize("content, expected", [("{not json", "is not valid JSON"),
+                                               ('{"problem": "a dict, not a list"}', "must hold a JSON list")])
+def test_a_broken_benchmark_file_stops_the_run_before_the_model_loads(assets, tmp_path, capsys, content, expected):
+    # The model folder does not exist: had the model loaded first, the error would be about it.
+    bad = tmp_path / "eval_Broken.json"
+    bad.write_text(content)
+    args = small(assets, tmp_path / "out")
+    args[args.index(f"[{assets['bench']}]")] = str(bad)
+    args[args.index(assets["model"])] = str(tmp_path / "no-model-here")
+    assert main(args) == 1
+    line = error_line(capsys)
+    assert expected in line and "no-model-here" not in line
+
+
+def test_error_reasons_are_printed_with_counts_and_a_resume_says_what_is_left(assets, tmp_path, capsys):
+    assert main(small(assets, tmp_path)) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "predictions" / "Synthetic.rank0.jsonl").read_text().splitlines()]
+    errors = [r for r in records if r["error"]]
+    assert errors, "the fixture's benchmark has a missing and a broken video"
+    missing = sum(r["error"].startswith("media not found") for r in errors)
+    assert "Errors, by reason:" in out and f"{missing:>6} × media not found: <path>" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert sum(r["count"] for r in summary["error_reasons"]) == len(errors)
+    counts = [r["count"] for r in summary["error_reasons"]]
+    assert counts == sorted(counts, reverse=True)
+    with LightningConsole() as console:
+        assert main(small(assets, tmp_path)) == 0
+    done = len(records) - len(errors)
+    assert any(f"{done} samples done, {len(errors)} to run ({len(errors)} of them error samples run again)" in line
+               for line in console.lines), console.lines
+
+
+def test_predict_on_cpu_uses_one_thread_for_a_small_model_as_the_demo(assets, tmp_path, monkeypatch):
+    import torch
+
+    from vreason.trainer import choose_cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(small(assets, tmp_path, "--data.files", f"[{assets['bench']}]")) == 0
+        assert torch.get_num_threads() == 1
+        # A large model keeps torch's choice; so does a user's OMP_NUM_THREADS.
+        big = tmp_path / "big"
+        big.mkdir()
+        with open(big / "model.safetensors", "wb") as f:
+            f.truncate(300 * 2**20)
+        torch.set_num_threads(2)
+        assert choose_cpu_threads(big) is None and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert choose_cpu_threads(assets["model"]) is None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_lightning_device_lines_at_most_once_and_no_empty_progress_bar(assets, tmp_path, capsys):
+    from vreason.trainer import eval_trainer
+
+    with LightningConsole() as console:
+        eval_trainer(tmp_path / "a")
+        eval_trainer(tmp_path / "b")
+    assert sum(line.startswith("GPU available") for line in console.lines) <= 1, console.lines
+    args = small(assets, tmp_path / "c")
+    args[args.index("--trainer.enable_progress_bar") + 1] = "true"
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    bars = [part for part in re.split(r"[\r\n]", out) if "it/s]" in part or "?it/s" in part]
+    assert bars and not [b for b in bars if "0/?" in b], bars
+    assert "score=" in out
+
+
+def test_the_readme_first_predict_command_runs_as_written(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from vreason.models.tiny import trained_path
+
+    text = (REPO / "README.md").read_text()
+    block = text.split("A first `vreason predict`, copy-paste", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    joined = [shlex.split(line) for line in block.replace("\\\n", " ").strip().splitlines()]
+    assert [c[:2] for c in joined] == [["vreason", "synth"], ["vreason", "predict"]], block
+    monkeypatch.chdir(tmp_path)  # the command's relative paths land here
+    synth, predict = joined
+    assert main(synth[1:] + ["--n", "2"]) == 0  # fewer questions, same command
+    predict = [str(trained_path()) if "trained_path()" in a else a for a in predict]
+    assert main(predict[1:] + ["--model.decode.max_new_tokens", "8", "--trainer.enable_progress_bar", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "| Synthetic | 2 |" in out
+    assert (tmp_path / "runs" / "tiny-switch" / "summary.json").is_file()

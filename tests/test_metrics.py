@@ -52,11 +52,13 @@ def test_tokens_latency_histogram_and_entropy_curve():
     for r in recs:
         metric.update(r)
     out = metric.compute()
-    assert out["mean_tokens"] == pytest.approx(2.0)
-    assert out["mean_latency_s"] == pytest.approx((0.25 + 0.5 + 0.75) / 3)
-    assert out["tokens_per_s"] == pytest.approx(6 / 1.5)
-    # tokens 4, 2, 0 in bins of width 2 over [0, 8]
-    assert out["tokens_hist"]["counts"] == [1, 1, 1, 0]
+    # Cost figures over the two answered samples; the error sample (index 2) has no length.
+    assert out["n"] == 3 and out["n_answered"] == 2
+    assert out["mean_tokens"] == pytest.approx(3.0)
+    assert out["mean_latency_s"] == pytest.approx((0.25 + 0.5) / 2)
+    assert out["tokens_per_s"] == pytest.approx(6 / 0.75)
+    # tokens 4, 2 in bins of width 2 over [0, 8]
+    assert out["tokens_hist"]["counts"] == [0, 1, 1, 0]
     assert out["tokens_hist"]["edges"] == [0, 2, 4, 6, 8]
     traces = [r.entropy for r in recs if r.entropy]
     curve = out["entropy_curve"]
@@ -66,7 +68,7 @@ def test_tokens_latency_histogram_and_entropy_curve():
         assert curve["mean"][k] == pytest.approx(vals.mean())
         assert curve["std"][k] == pytest.approx(vals.std(), abs=1e-7)
     assert out["mean_entropy"] == pytest.approx(np.mean([x for t in traces for x in t]))
-    assert out["mean_rounds"] == pytest.approx((2 + 1 + 0) / 3)
+    assert out["mean_rounds"] == pytest.approx((2 + 1) / 2)
 
 
 def test_traces_longer_than_the_curve_are_cut():
@@ -84,8 +86,13 @@ def test_overall_row_averages_score_columns_like_the_paper():
     # A contributes its accuracy, V both its accuracy and its MRA (as VSI-Bench in the table).
     want = (per["A"]["mean_acc"] + per["V"]["mean_acc"] + per["V"]["mean_mra"]) / 3
     assert out["overall"]["mean_score"] == pytest.approx(want)
-    assert out["overall"]["n"] == 6 and out["overall"]["n_errors"] == 1
-    assert out["overall"]["mean_tokens"] == pytest.approx(sum(r.num_new_tokens for r in RECORDS) / 6)
+    assert out["overall"]["n"] == 6 and out["overall"]["n_errors"] == 1 and out["overall"]["n_answered"] == 5
+    answered = [r for r in RECORDS if not r.error]
+    assert out["overall"]["mean_tokens"] == pytest.approx(sum(r.num_new_tokens for r in answered) / 5)
+    assert out["overall"]["mean_latency_s"] == pytest.approx(sum(r.latency_s for r in answered) / 5)
+    # A benchmark's own score is the same mean over its columns.
+    assert per["V"]["mean_score"] == pytest.approx((per["V"]["mean_acc"] + per["V"]["mean_mra"]) / 2)
+    assert per["A"]["mean_score"] == pytest.approx(per["A"]["mean_acc"])
     assert overall_row({})["mean_score"] is None
 
 
@@ -97,3 +104,22 @@ def test_names_with_dots_and_new_benchmarks_after_a_device_move():
     assert out["Video.MME v2"]["mean_acc"] == 1.0 and out["video_mme_v2"]["mean_acc"] == 0.0
     metrics.reset()
     assert metrics.compute()["benchmarks"]["Video.MME v2"]["n"] == 0
+
+
+def test_a_failed_sample_lowers_the_score_but_not_the_mean_length():
+    """A missing video must not make a mode look shorter: the answered samples' mean length and
+    latency stay as they were, while the score counts the failure as 0 in the protocol's denominator."""
+    ok = [record("A", i, reward=1.0, tokens=10 + i) for i in range(3)]
+    failed = record("A", 3, reward=0.0, tokens=0, error="media not found: /x.mp4", entropy=[])
+    alone, with_failure = (EvalMetrics(max_tokens=16, sync_on_compute=False) for _ in range(2))
+    for r in ok:
+        alone.update(r)
+        with_failure.update(r)
+    failed.latency_s = 0.0
+    with_failure.update(failed)
+    a, b = alone.compute()["benchmarks"]["A"], with_failure.compute()["benchmarks"]["A"]
+    assert b["mean_tokens"] == a["mean_tokens"] == pytest.approx(11.0)
+    assert b["mean_latency_s"] == a["mean_latency_s"] == pytest.approx((0.25 + 0.5 + 0.75) / 3)
+    assert b["tokens_per_s"] == pytest.approx(a["tokens_per_s"])
+    assert (b["n"], b["n_answered"], b["n_errors"]) == (4, 3, 1)
+    assert b["mean_acc"] == pytest.approx(3 / 4) and a["mean_acc"] == 1.0

@@ -71,7 +71,9 @@ def test_predict_writes_every_sample_once_with_protocol_files_and_tensorboard(as
     summary = json.loads((tmp_path / "summary.json").read_text())
     row = summary["benchmarks"]["Synthetic"]
     assert row["n"] == n and row["n_errors"] == n - N_GOOD
-    assert row["mean_tokens"] == pytest.approx(sum(r["num_new_tokens"] for r in records) / n)
+    # Lengths over the answered samples only (error samples have none); n and n_answered both kept.
+    assert row["n_answered"] == N_GOOD
+    assert row["mean_tokens"] == pytest.approx(sum(r["num_new_tokens"] for r in good) / N_GOOD)
     assert summary["mode"] == "switch" and summary["live_metrics_agree"] is True
     assert len(row["entropy_curve"]["mean"]) == max(r["num_new_tokens"] for r in records)
     assert "| Synthetic |" in (tmp_path / "summary.md").read_text()
@@ -83,8 +85,8 @@ def test_predict_writes_every_sample_once_with_protocol_files_and_tensorboard(as
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert {"score/Synthetic", "tokens/Synthetic", "latency_s/Synthetic", "errors/Synthetic", "mra/Synthetic",
-            "score/overall", "running/tokens_per_s", "running/score"} <= set(tags["scalars"])
+    assert {"score/Synthetic", "accuracy/Synthetic", "tokens/Synthetic", "latency_s/Synthetic", "errors/Synthetic", "mra/Synthetic",
+            "score/overall", "running/tokens_per_s", "running/mean_reward"} <= set(tags["scalars"])
     assert acc.Scalars("errors/Synthetic")[0].value == n - N_GOOD
     assert "output_tokens/Synthetic" in tags["histograms"]
     sample_figs = [t for t in tags["images"] if t.startswith("samples/Synthetic/")]

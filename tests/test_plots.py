@@ -59,3 +59,35 @@ def test_entropy_curve_band_and_cut_where_too_few_samples_remain():
     assert [lo[x] for x in (0, 1, 2)] == pytest.approx([0.9, 1.0, 0.5])
     assert [hi[x] for x in (0, 1, 2)] == pytest.approx([1.1, 1.4, 1.1])
     assert max(x for x, _ in band) == 2  # the band stops with its line
+
+
+def test_identical_curves_stay_visible_and_say_so():
+    # Plain decoding and V-Reason often give the same curve: the second must not hide under the first.
+    curve = {"mean": [1.0, 0.8, 0.6], "std": [0.1, 0.1, 0.1], "count": [4, 4, 4]}
+    other = {"mean": [1.0, 0.9, 0.7], "std": [0.1, 0.1, 0.1], "count": [4, 4, 4]}
+    fig = entropy_curve_figure({"off": curve, "switch": dict(curve), "minimize": other})
+    (ax,) = fig.axes
+    lines = lines_by_label(ax)
+    assert set(lines) == {"off", "switch (identical to off)", "minimize"}
+    twin = lines["switch (identical to off)"]
+    assert twin.get_ydata().tolist() == pytest.approx(curve["mean"])
+    assert twin.get_linestyle() != lines["off"].get_linestyle() and twin.get_marker() not in (None, "None", "")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "switch (identical to off)" in legend
+
+
+def test_std_band_is_clipped_at_zero_nats():
+    curve = {"mean": [0.2, 1.0, 0.05], "std": [0.5, 0.3, 0.4], "count": [3, 3, 3]}
+    (ax,) = entropy_curve_figure({"switch": curve}).axes
+    band = ax.collections[0].get_paths()[0].vertices
+    lo = {}
+    for x, y in band:
+        if x in (0, 1, 2):
+            lo[x] = min(lo.get(x, np.inf), y)
+    assert [lo[x] for x in (0, 1, 2)] == pytest.approx([0.0, 0.7, 0.0])
+
+
+def test_sample_figure_is_titled_with_the_runs_label():
+    # A Lite run's records say mode "switch"; its figures must name the run.
+    fig = sample_trace_figure(RECORD, label="switch+lite0.5")
+    assert "B #3 (switch+lite0.5): 5 tokens" in fig._suptitle.get_text()

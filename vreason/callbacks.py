@@ -25,10 +25,12 @@ import json
 import logging
 import os
 from datetime import timedelta
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_info
 
 from vreason.records import (DIST_TIMEOUT, PREDICTIONS_DIR, RUN_CONFIG, Record, clear_finished, json_default, mark_finished,
                              prediction_files, read_predictions, safe_name, truncate_partial_line, wait_for_ranks,
@@ -95,15 +97,17 @@ class PredictionWriter(BasePredictionWriter):
         self._attempts = {str(r.key): r.attempt for r in existing}
         self._kept = [r for r in existing if not (self.retry_errors and r.error)]
         skip = getattr(trainer.datamodule, "skip_samples", None)
+        remaining = None
         if callable(skip):
             # Every rank reads every rank's files, so all ranks drop the same keys before sharding.
-            skip({str(r.key) for r in self._kept})
+            remaining = skip({str(r.key) for r in self._kept})
         elif self._kept:
             log.warning("predictions exist under %s but the data cannot skip samples: they will run again", pred_dir)
         if existing and trainer.is_global_zero:
             retried = len(existing) - len(self._kept)
-            log.info("resuming: %d samples already under %s%s", len(self._kept), pred_dir,
-                     f"; {retried} error samples run again" if retried else "")
+            rank_zero_info(f"resuming from {pred_dir}: {len(self._kept)} samples done, "
+                           f"{'?' if remaining is None else remaining} to run"
+                           + (f" ({retried} of them error samples run again)" if retried else ""))
 
     def _check_run_config(self, trainer, pl_module, pred_dir: Path) -> None:
         current = run_config(_settings(pl_module) or {}, _settings(trainer.datamodule))
@@ -212,11 +216,61 @@ def _differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
 
 
 class EvalProgressBar(TQDMProgressBar):
-    """Lightning's bar, with the run's generation speed and running score beside it."""
+    """Lightning's bar, with this process's running score, generation speed and errors beside it.
+
+    The figures come from the records the module returns, through the same metric classes as the
+    summary (`vreason.metrics`): "score" is the summary's score (`SCORE_DEFINITION`), "tok/s" its
+    tokens/s over answered samples, both over the samples this process has run so far (a resume's
+    finished samples are in the summary, not here). The bar is made at the first batch, when its
+    length is known, so no empty `0/?` bar is printed before it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._running = None
+
+    def init_predict_tqdm(self):
+        from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
+
+        # Lightning's own settings, plus the length, which Lightning only sets after printing.
+        return Tqdm(desc=self.predict_description, total=convert_inf(self.total_predict_batches_current_dataloader), position=2 * self.process_position,
+                    disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0,
+                    bar_format=self.BAR_FORMAT)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        from vreason.metrics import EvalMetrics
+
+        self._running = EvalMetrics(max_tokens=1, token_bins=1, sync_on_compute=False)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self.has_dataloader_changed(dataloader_idx):
+            return
+        if self._predict_progress_bar is not None:
+            self._predict_progress_bar.close()
+        self.predict_progress_bar = self.init_predict_tqdm()
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-        stats = getattr(pl_module, "progress_stats", None)
-        bar = self.predict_progress_bar
-        if callable(stats) and bar is not None and not bar.disable:
-            bar.set_postfix(stats(), refresh=False)
+        if self._running is not None:
+            for record in outputs or ():
+                self._running.update(record)
+        bar = self._predict_progress_bar
+        if bar is not None and not bar.disable and self._running is not None and self._running.names:
+            bar.set_postfix(self.stats(), refresh=False)
+        if bar is not None:
+            super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def stats(self) -> dict[str, Any]:
+        """What the bar shows: score, tokens/s and (if any) errors of the samples run so far."""
+        overall = self._running.compute()["overall"] if self._running is not None else {}
+        out: dict[str, Any] = {}
+        if overall.get("mean_score") is not None:
+            out["score"] = f"{overall['mean_score']:.3f}"
+        out["tok/s"] = f"{overall.get('tokens_per_s') or 0.0:.1f}"
+        if overall.get("n_errors"):
+            out["errors"] = overall["n_errors"]
+        return out
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self._predict_progress_bar is not None:
+            self._predict_progress_bar.close()
+        self.reset_dataloader_idx_tracker()

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # The evaluation trainer is defined once, in trainer.py (the demo and the tests use it too).
-from vreason.trainer import (DIST_TIMEOUT, TRAINER_DEFAULTS, eval_callbacks, eval_logger, eval_trainer,  # noqa: F401
-                             long_run_allocator, set_process_group_timeout)
+from vreason.trainer import (DIST_TIMEOUT, TRAINER_DEFAULTS, choose_cpu_threads, eval_callbacks, eval_logger,  # noqa: F401
+                             eval_trainer, hide_lightning_tips, long_run_allocator, set_process_group_timeout)
 
 USAGE = """usage: vreason {predict,demo,synth,train-tiny,doctor} ...
 
   vreason predict -c CONFIG.yaml [--model.* --data.* --trainer.*]
         evaluate a model over protocol benchmark files (`vreason predict --help` for every key)
-  vreason demo [--out DIR] [--random]
+  vreason demo [--out DIR] [--n N] [--seed S] [--sample] [--random] [--modes M ...] [--max-new-tokens T]
         the shipped trained tiny model on fresh synthetic questions (CPU): off vs switch vs switch+lite
-        (+ minimize, maximize)
+        (+ minimize, maximize); replaces an earlier demo in DIR (`vreason demo --help`)
   vreason synth --out DIR [--n N] [--seed S] [--with-errors]
         write a synthetic benchmark (videos + eval_Synthetic.json) of the kind the trained tiny model learned
   vreason train-tiny --out DIR [--seed S] [--steps N]
@@ -62,6 +62,7 @@ def _make_cli_class():
                                 help="with several processes, how long ranks wait for the slowest one (default 12)")
 
         def instantiate_trainer(self, **kwargs):
+            hide_lightning_tips()
             config = self._get(self.config_init, "trainer", default={})
             if config.get("logger") in (None, True):
                 kwargs["logger"] = eval_logger(config.get("default_root_dir") or os.getcwd())
@@ -77,6 +78,13 @@ def _make_cli_class():
             return trainer
 
     return VReasonCLI
+
+
+PREDICT_DESCRIPTION = (
+    "Evaluate a model over protocol benchmark files with trainer.predict. The project's own keys "
+    "(--model.*, --data.*, --retry_errors) are described at the end of this help, after Lightning's "
+    "--trainer.* keys; their text is the docstrings of VReasonModule, ControllerConfig, DecodeConfig and "
+    "BenchmarkDataModule.")
 
 
 def build_cli(args: Sequence[str]):
@@ -98,7 +106,7 @@ def build_cli(args: Sequence[str]):
             run=False,
             args=list(args),
             seed_everything_default=False,
-            parser_kwargs={"exit_on_error": False, "prog": "vreason predict"},
+            parser_kwargs={"exit_on_error": False, "prog": "vreason predict", "description": PREDICT_DESCRIPTION},
             save_config_kwargs={"overwrite": True},
             trainer_defaults={**TRAINER_DEFAULTS, "devices": 1},
             auto_configure_optimizers=False,
@@ -118,6 +126,8 @@ def predict(args: Sequence[str]) -> int:
         cli = build_cli(args)
     except (ArgumentError, ValueError) as exc:
         return _fail("predict", exc, EXIT_CONFIG)
+    if cli.trainer.strategy.root_device.type == "cpu":
+        choose_cpu_threads(cli.model.run_settings()["model_path"])  # as the demo does
     try:
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     except (ModelLoadError, BenchmarkError, ResumeMismatchError, ValueError, OSError, FatalAcceleratorError,

@@ -15,14 +15,18 @@ Mode = Literal["switch", "minimize", "maximize", "off"]
 class ControllerConfig:
     """The test-time controller (docs/method.md §2).
 
-    mode: `switch` (entropy switching, the method), `minimize` (α ≡ −1), `maximize` (α ≡ +1),
-        `off` (plain decoding, bit-identical to transformers' `generate`).
-    every_k: run an optimization round every `every_k`-th generated token (k = 0, every_k, 2·every_k, ...).
-    steps: Adam steps per round.
-    lr: Adam learning rate; betas are Adam's (0.9, 0.999).
-    ema_beta: β of the entropy EMA.
-    prune_ratio: V-Reason (Lite) fraction of video tokens dropped from every layer's cache after
-        prefill (0 disables Lite; the paper uses 0.5).
+    Args:
+        mode: switch (entropy switching, the method), minimize (alpha = -1), maximize (alpha = +1),
+            off (plain decoding, identical to transformers' generate).
+        every_k: run an optimization round every every_k-th generated token (k = 0, every_k, 2*every_k, ...).
+        steps: Adam steps per round.
+        lr: Adam learning rate.
+        ema_beta: beta of the entropy EMA that the switch compares with its running peak.
+        prune_ratio: V-Reason (Lite): fraction of video tokens dropped from every layer's cache after
+            prefill (0 disables Lite; the paper uses 0.5).
+        adam_beta1: Adam's first-moment decay.
+        adam_beta2: Adam's second-moment decay.
+        adam_eps: Adam's epsilon.
     """
 
     mode: Mode = "switch"
@@ -60,6 +64,16 @@ class DecodeConfig:
     the prompt or the output are divided by it when positive, multiplied when negative) applies
     before them, greedy included; 1.0 turns it off. Real Qwen2.5-VL checkpoints ship 1.05 in their
     generation config, which `model.generate` applies by default: set it here for parity.
+
+    Args:
+        max_new_tokens: most tokens generated per sample.
+        do_sample: sample instead of greedy decoding.
+        temperature: divides the logits before sampling.
+        top_k: keep the k most likely tokens when sampling (0: all).
+        top_p: keep the smallest set of tokens whose probability reaches top_p (1: all).
+        min_p: drop tokens below min_p times the most likely token's probability (0: none).
+        seed: run seed; each sample draws from its own stream fixed by this seed and its key.
+        repetition_penalty: transformers' rule on tokens already in the prompt or output (1: off).
     """
 
     max_new_tokens: int = 1024
@@ -92,18 +106,22 @@ class VideoConfig:
     the Qwen way (sides multiples of 28) within [min_pixels, max_pixels], as Qwen2.5-VL's
     reference utilities do. The data module takes it whole; defaults live here only.
 
-    num_frames / fps: frames per video by count, or by rate; `fps`, when set, wins (both are CLI
-        keys with defaults, so setting `--data.fps` alone must be enough). Counts round to even.
-    min_frames / max_frames: bounds on the count `fps` gives.
-    max_pixels / min_pixels: per-frame pixel bounds (images use them too).
-    num_threads: decoder threads per read (0: the decoder's choice).
-    video_reader: `decord`, `pyav`, or `auto` (decord, and PyAV where decord cannot open or decode
-        a file). The two give the same frame indices, sizes and metadata (README, "Long runs").
-    video_timeout: seconds one read may take before it is abandoned and the sample becomes an
-        error record; 0 reads in-process without a limit. **ours**: 120 s, far above a normal
-        read (well under a second for a 1080p clip), far below a stalled run.
-    frame_cache: folder of decoded, resized frames reused by later runs with the same settings
-        (None: no cache).
+    Args:
+        num_frames: frames per video, sampled uniformly (rounded to even). fps, when set, wins
+            (both are CLI keys with defaults, so setting --data.fps alone must be enough).
+        fps: frames per second of video instead of a fixed count (null: use num_frames).
+        min_frames: lower bound on the count fps gives.
+        max_frames: upper bound on the count fps gives.
+        max_pixels: per-frame pixel bound (images use it too).
+        min_pixels: per-frame lower pixel bound.
+        num_threads: decoder threads per read (0: the decoder's choice).
+        video_reader: decord, pyav, or auto (decord, and PyAV where decord cannot open or decode
+            a file). The two give the same frame indices, sizes and metadata (README, "Long runs").
+        video_timeout: seconds one read may take before it is abandoned and the sample becomes an
+            error record; 0 reads in-process without a limit. **ours**: 120 s, far above a normal
+            read (well under a second for a 1080p clip), far below a stalled run.
+        frame_cache: folder of decoded, resized frames reused by later runs with the same settings
+            (null: no cache).
     """
 
     num_frames: Optional[int] = 16

@@ -4,12 +4,20 @@ against V-Reason, through `trainer.predict` on CPU.
 By default the model is the trained one (`vreason.models.tiny.trained_path()`) and the questions
 are the kind it learned (`TRAINED_CLIPS`), drawn from a seed it never saw in training. With
 `--random` it is the random-weight model of the unit tests instead: the pipeline runs, but the
-scores say nothing. Each mode is one `trainer.predict` run with its own outputs; the table and a
-TensorBoard figure of the entropy curves compare them.
+scores say nothing. Each mode is one `trainer.predict` run with its own outputs; the table (printed
+and written to `comparison.md`) and a TensorBoard figure of the entropy curves compare them.
+
+Every demo computes what it prints (**ours**): an output folder holding an earlier demo
+(`demo.json`) has that demo's outputs replaced, never resumed, so a second `make demo` or other
+`--n`/`--seed`/`--sample`/`--random` settings run afresh. A non-empty folder that holds no demo is
+refused in one line rather than written into.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,6 +34,9 @@ DEFAULT_MODES = ("off", "switch", "switch+lite", "minimize", "maximize")
 # **ours**: held-out questions come from seeds >= 1; the shipped model was trained on seed 0's pool,
 # which is drawn from another stream (`vreason.training.data.build_pool`).
 HELD_OUT_SEED = 1
+# What a demo writes under its output folder, and the record of its settings.
+MARKER = "demo.json"
+COMPARISON = "comparison.md"
 
 
 def parse(args: Sequence[str]) -> argparse.Namespace:
@@ -51,17 +62,36 @@ def prepare(out: Path, opts: argparse.Namespace) -> tuple[Path, Path, int]:
     from vreason.models.tiny import build_tiny_model, trained_path
 
     if opts.random:
-        model_dir = out / "model"
-        if not (model_dir / "config.json").is_file():
-            build_tiny_model(model_dir, seed=opts.seed)
+        model_dir = Path(build_tiny_model(out / "model", seed=opts.seed))
         clips, frames = {"num_frames": 8}, 4
     else:
         model_dir = trained_path()
         clips, frames = TRAINED_CLIPS, TRAINED_CLIPS["num_frames"]
-    bench = out / "data" / "eval_Synthetic.json"
-    if not bench.is_file():
-        bench = write_synthetic_benchmark(out / "data", n=opts.n, seed=opts.seed, **clips)
+    bench = write_synthetic_benchmark(out / "data", n=opts.n, seed=opts.seed, **clips)
     return model_dir, bench, frames
+
+
+def clear_earlier_demo(out: Path) -> bool | None:
+    """Remove an earlier demo's outputs from `out` (only what a demo writes there); True if there
+    were any, False if `out` was empty or missing, None (nothing removed) if it holds files but
+    no demo."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        return None
+    entries = list(out.iterdir())
+    if not entries:
+        return False
+    # An earlier demo: its settings file, or (from before that file existed) its benchmark.
+    if not ((out / MARKER).is_file() or (out / "data" / "eval_Synthetic.json").is_file()):
+        return None
+    for name in ("data", "model", "compare", *MODES, MARKER, COMPARISON):
+        entry = out / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+    return True
 
 
 def run_mode(name: str, model_dir: Path, bench: Path, frames: int, out: Path, opts: argparse.Namespace) -> dict:
@@ -81,8 +111,6 @@ def run_mode(name: str, model_dir: Path, bench: Path, frames: int, out: Path, op
 
 def demo(args: Sequence[str]) -> int:
     """The `vreason demo` command; returns an exit code."""
-    import sys
-
     try:
         opts = parse(args)
     except SystemExit as exc:
@@ -91,26 +119,58 @@ def demo(args: Sequence[str]) -> int:
         print("vreason demo: error: --n and --max-new-tokens must be >= 1", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    import torch
-
-    # **ours**: one thread. The tiny model's ops are too small to split, and on a busy machine a
-    # second OpenMP thread mostly waits at barriers (training steps ran 5-10x slower with two).
-    torch.set_num_threads(1)
     out = Path(opts.out)
+    cleared = clear_earlier_demo(out)
+    if cleared is None:
+        print(f"vreason demo: error: {out} is not empty and holds no earlier demo; give --out a new or empty folder",
+              file=sys.stderr)
+        return 1
+    if cleared:
+        print(f"{out}/ held an earlier demo: it is replaced, every mode runs again.")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: getattr(opts, k) for k in ("n", "seed", "max_new_tokens", "modes", "sample", "random")}
+    (out / MARKER).write_text(json.dumps(settings, indent=2) + "\n")
+    from vreason.trainer import choose_cpu_threads
+
     model_dir, bench, frames = prepare(out, opts)
+    choose_cpu_threads(model_dir)
     summaries = {name: run_mode(name, model_dir, bench, frames, out, opts) for name in dict.fromkeys(opts.modes)}
     write_comparison_figure(summaries, out / "compare")
-    print(comparison_table(summaries))
+    table = comparison_table(summaries)
+    (out / COMPARISON).write_text(table + "\n")
+    print(table)
+    print(speed_line(summaries))
     if opts.random:
         print("\nThe tiny model has random weights (--random): scores near 0 are expected; the demo then shows "
               "the pipeline (predictions, protocol files, summaries, TensorBoard), not accuracy.")
     else:
         print(f"\nModel: the shipped trained tiny Qwen2.5-VL ({model_dir}); questions drawn with seed {opts.seed}, "
               "which it never saw (README, \"A trained tiny model\").")
-    print(f"\n{sum(s['overall']['n'] for s in summaries.values()) // len(summaries)} samples per mode, "
-          f"{time.perf_counter() - started:.0f} s. Outputs under {out}/: <mode>/results, <mode>/summary.md, "
-          f"<mode>/predictions; TensorBoard: tensorboard --logdir {out}")
+    print(f"\n{opts.n} samples per mode, {'sampled' if opts.sample else 'greedy'}, "
+          f"{time.perf_counter() - started:.0f} s. Outputs under {out}/: {COMPARISON} (this table), <mode>/summary.md, "
+          f"<mode>/results, <mode>/predictions; TensorBoard: tensorboard --logdir {out}")
     return 0
+
+
+def speed_line(summaries: dict[str, dict]) -> str:
+    """One sentence from the table's own numbers: each mode's tokens/s and mean output tokens
+    against plain decoding (`off`); the cause is named only when every mode is slower."""
+    base = summaries.get("off", {}).get("overall", {})
+    if not base.get("tokens_per_s") or not base.get("mean_tokens"):
+        return ""
+    parts, slower = [], True
+    for mode, s in summaries.items():
+        o = s["overall"]
+        if mode == "off" or not o.get("tokens_per_s") or o.get("mean_tokens") is None:
+            continue
+        speed = o["tokens_per_s"] / base["tokens_per_s"]
+        slower = slower and speed < 1
+        parts.append(f"{mode} {speed:.2f}× the tokens/s and {o['mean_tokens'] / base['mean_tokens']:.2f}× the output tokens")
+    if not parts:
+        return ""
+    why = (" The controller's rounds (a backward through the last layer's values every few tokens) cost time."
+           if slower else " On a shared machine these ratios vary from run to run.")
+    return "\nAgainst off, in this run: " + "; ".join(parts) + "." + why
 
 
 def write_comparison_figure(summaries: dict[str, dict], folder: Path) -> None:
@@ -130,18 +190,25 @@ def write_comparison_figure(summaries: dict[str, dict], folder: Path) -> None:
 
 
 def comparison_table(summaries: dict[str, dict]) -> str:
-    """Markdown table, one row per mode: score, MRA, mean output tokens, latency, errors."""
+    """Markdown table, one row per mode: the summary's overall row (`report.summary_markdown`):
+    score (`metrics.SCORE_DEFINITION`), accuracy and MRA, and cost over answered samples."""
+    from vreason.metrics import SCORE_DEFINITION, score
+
     def pct(x: Optional[float]) -> str:
         return "–" if x is None else f"{100 * x:.1f}"
 
-    lines = ["| mode | n | score (%) | MRA (%) | mean output tokens | latency (s/sample) | tokens/s | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| mode | n | answered | score (%) | accuracy (%) | MRA (%) | mean output tokens | latency (s/sample) "
+             "| tokens/s | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, s in summaries.items():
         o = s["overall"]
-        mra = [r["mean_mra"] for r in s["benchmarks"].values() if r.get("mean_mra") is not None]
-        acc = [r["mean_acc"] for r in s["benchmarks"].values() if r.get("mean_acc") is not None]
+        acc = score(r.get("mean_acc") for r in s["benchmarks"].values())
+        mra = score(r.get("mean_mra") for r in s["benchmarks"].values())
+        answered = o.get("n_answered", o["n"] - o["n_errors"])
+        tokens, latency = o.get("mean_tokens"), o.get("mean_latency_s")
         lines.append(
-            f"| {mode} | {o['n']} | {pct(sum(acc) / len(acc) if acc else None)} | {pct(sum(mra) / len(mra) if mra else None)} | "
-            f"{o['mean_tokens']:.1f} | {o['mean_latency_s']:.3f} | {o['tokens_per_s'] or 0:.1f} | {o['n_errors']} |"
+            f"| {mode} | {o['n']} | {answered} | {pct(o.get('mean_score'))} | {pct(acc)} | {pct(mra)} | "
+            f"{'–' if tokens is None else f'{tokens:.1f}'} | {'–' if latency is None else f'{latency:.3f}'} | "
+            f"{o.get('tokens_per_s') or 0:.1f} | {o['n_errors']} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", SCORE_DEFINITION + "; tokens, latency and tokens/s over answered samples."])

@@ -6,7 +6,11 @@ per benchmark; `EvalMetrics` holds them by name and agrees on the set of names a
 before computing (a rank may have seen none of a benchmark's samples).
 
 Scores follow docs/protocol.md: `mean_acc` is the mean score over non-regression samples, `mean_mra`
-the mean over regression samples; error samples count with score 0.
+the mean over regression samples; error samples count with score 0 (the protocol's denominator).
+Cost figures (output tokens, latency, tokens/s, rounds) are means over the *answered* samples only
+(`n_answered`, those without an error): a sample that never ran has no length, and counting it as
+0 tokens would make the mode with more failures look shorter. `mean_score` is the one "score" of
+the project (`score`): the mean of the accuracy and MRA columns present.
 """
 from __future__ import annotations
 
@@ -65,13 +69,17 @@ class BenchmarkMetric(Metric):
         reward = float(record.reward or 0.0)
         self.n += 1
         if record.error:
+            # Scored 0 in the protocol's denominator, but no part of the cost means (module docstring).
             self.n_errors += 1
+            reward = 0.0
         if _is_regression(record):
             self.mra_sum += reward
             self.mra_n += 1
         else:
             self.acc_sum += reward
             self.acc_n += 1
+        if record.error:
+            return
         tokens = int(record.num_new_tokens or 0)
         self.tokens_sum += tokens
         self.tokens_hist[self._bin(tokens)] += 1
@@ -89,22 +97,26 @@ class BenchmarkMetric(Metric):
 
     def compute(self) -> dict:  # type: ignore[override]
         n = int(self.n.item())
+        answered = self.n - self.n_errors
         n_gen = self.curve_n
         mean = torch.where(n_gen > 0, self.curve_sum / n_gen.clamp(min=1), torch.nan)
         var = torch.where(n_gen > 0, self.curve_sumsq / n_gen.clamp(min=1) - mean * mean, torch.nan)
         length = int((n_gen > 0).sum().item())
+        mean_acc, mean_mra = _ratio(self.acc_sum, self.acc_n), _ratio(self.mra_sum, self.mra_n)
         return {
             "n": n,
+            "n_answered": int(answered.item()),
             "n_errors": int(self.n_errors.item()),
-            "mean_acc": _ratio(self.acc_sum, self.acc_n),
-            "mean_mra": _ratio(self.mra_sum, self.mra_n),
+            "mean_score": score([mean_acc, mean_mra]),
+            "mean_acc": mean_acc,
+            "mean_mra": mean_mra,
             "n_acc": int(self.acc_n.item()),
             "n_mra": int(self.mra_n.item()),
-            "mean_tokens": _ratio(self.tokens_sum, self.n),
-            "mean_latency_s": _ratio(self.latency_sum, self.n),
+            "mean_tokens": _ratio(self.tokens_sum, answered),
+            "mean_latency_s": _ratio(self.latency_sum, answered),
             "tokens_per_s": _ratio(self.tokens_sum, self.latency_sum),
             "mean_entropy": _ratio(self.entropy_sum, self.entropy_n),
-            "mean_rounds": _ratio(self.rounds_sum, self.n),
+            "mean_rounds": _ratio(self.rounds_sum, answered),
             "tokens_hist": {
                 "edges": [self.max_tokens * i / self.token_bins for i in range(self.token_bins + 1)],
                 "counts": [int(c) for c in self.tokens_hist.tolist()],
@@ -183,20 +195,31 @@ class EvalMetrics(nn.Module):
             metric.reset()
 
 
+SCORE_DEFINITION = ("score: the mean of the accuracy and MRA columns of the rows it covers (the paper's "
+                    "average; a benchmark with both kinds of question, as VSI-Bench, gives both columns); "
+                    "overall: over every benchmark's columns")
+
+
+def score(columns: Iterable[Optional[float]]) -> Optional[float]:
+    """The project's one "score" (`SCORE_DEFINITION`): the mean of the accuracy (`mean_acc`) and
+    MRA (`mean_mra`) columns given, absent ones (None) left out. A benchmark's row, the overall row,
+    the demo's table and the progress bar all use it."""
+    present = [c for c in columns if c is not None]
+    return sum(present) / len(present) if present else None
+
+
 def overall_row(per_benchmark: dict[str, dict]) -> dict:
-    """The paper table's average: the mean of the per-benchmark score columns, where a benchmark
-    with both multiple-choice and regression samples (VSI-Bench) contributes both its accuracy and
-    its MRA column, as the paper's table lists both; token and latency means are over all samples."""
-    columns = []
-    for row in per_benchmark.values():
-        if row.get("mean_acc") is not None:
-            columns.append(row["mean_acc"])
-        if row.get("mean_mra") is not None:
-            columns.append(row["mean_mra"])
+    """The paper table's average: `score` of every benchmark's accuracy and MRA columns (a
+    benchmark with both multiple-choice and regression samples, as VSI-Bench, contributes both, as
+    the paper's table lists both); token and latency means are over the answered samples."""
+    columns = [row.get(k) for row in per_benchmark.values() for k in ("mean_acc", "mean_mra")]
     n = sum(r["n"] for r in per_benchmark.values())
 
+    def answered(r: dict) -> int:
+        return int(r.get("n_answered", r["n"] - r.get("n_errors", 0)))
+
     def weighted(field: str) -> Optional[float]:
-        pairs = [(r[field], r["n"]) for r in per_benchmark.values() if r.get(field) is not None]
+        pairs = [(r[field], answered(r)) for r in per_benchmark.values() if r.get(field) is not None]
         total = sum(w for _, w in pairs)
         return sum(v * w for v, w in pairs) / total if total else None
 
@@ -204,8 +227,9 @@ def overall_row(per_benchmark: dict[str, dict]) -> dict:
     tokens = weighted("mean_tokens")
     return {
         "n": n,
+        "n_answered": sum(answered(r) for r in per_benchmark.values()),
         "n_errors": sum(r["n_errors"] for r in per_benchmark.values()),
-        "mean_score": sum(columns) / len(columns) if columns else None,
+        "mean_score": score(columns),
         "mean_tokens": tokens,
         "mean_latency_s": latency,
         "tokens_per_s": tokens / latency if tokens is not None and latency else None,

@@ -22,7 +22,7 @@ from vreason.config import ControllerConfig, DecodeConfig
 from vreason.metrics import EvalMetrics
 from vreason.predict import Predictor
 from vreason.records import Record
-from vreason.run_settings import plain
+from vreason.run_settings import plain, run_label
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +30,18 @@ log = logging.getLogger(__name__)
 class VReasonModule(LightningModule):
     """Evaluation of one model in one controller mode over benchmark samples.
 
-    model_path: a local Qwen2.5-VL / Qwen2-VL folder (`vreason.load_model`).
-    controller: the test-time controller (`--model.controller.mode switch|minimize|maximize|off`, ...).
-    decode: decoding (`--model.decode.max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`, `min_p`, `seed`).
-    dtype: weights' dtype: auto (the checkpoint's), bfloat16, float16 or float32.
-    device_map: `auto` spreads the model's layers over the visible GPUs (one process per node);
-        None keeps it whole on the process's device. max_memory: with it, a cap per GPU ("70GiB").
-    plot_samples: per benchmark, how many of the first samples (on rank 0) get a TensorBoard
-        figure of their entropy, EMA and α traces.
-    max_seconds_per_sample: wall-clock budget of one sample's generation (None: no limit); past
-        it the sample stops with `stop_reason` "time" and its answer is scored as it stands.
+    Args:
+        model_path: a local model folder (`vreason.load_model`; Qwen2.5-VL, Qwen2-VL and README's families).
+        controller: the test-time controller (--model.controller.mode switch|minimize|maximize|off, ...).
+        decode: decoding (--model.decode.max_new_tokens, do_sample, temperature, top_k, top_p, min_p, seed).
+        dtype: weights' dtype: auto (the checkpoint's), bfloat16, float16 or float32.
+        plot_samples: per benchmark, how many of the first samples (on rank 0) get a TensorBoard
+            figure of their entropy, EMA and alpha traces.
+        device_map: auto spreads the model's layers over the visible GPUs (one process per node);
+            null keeps it whole on the process's device.
+        max_memory: with device_map, a cap per GPU ("70GiB").
+        max_seconds_per_sample: wall-clock budget of one sample's generation (null: no limit); past
+            it the sample stops with stop_reason "time" and its answer is scored as it stands.
     """
 
     def __init__(
@@ -155,21 +157,12 @@ class VReasonModule(LightningModule):
         experiment = self._experiment()
         if experiment is not None:
             experiment.add_scalar("running/tokens_per_s", self._tokens_per_s(), run["n"])
-            experiment.add_scalar("running/score", run["reward"] / run["n"], run["n"])
+            # The mean reward over samples so far, not the summary's score (a mean over columns).
+            experiment.add_scalar("running/mean_reward", run["reward"] / run["n"], run["n"])
             experiment.add_scalar("running/output_tokens", record.num_new_tokens, run["n"])
 
     def _tokens_per_s(self) -> float:
         return self._run["tokens"] / self._run["seconds"] if self._run["seconds"] > 0 else 0.0
-
-    def progress_stats(self) -> dict[str, Any]:
-        """What the progress bar shows: this rank's generation speed, running score and errors."""
-        run = self._run
-        stats: dict[str, Any] = {"tok/s": f"{self._tokens_per_s():.1f}"}
-        if run["n"]:
-            stats["score"] = f"{run['reward'] / run['n']:.3f}"
-        if run["errors"]:
-            stats["errors"] = run["errors"]
-        return stats
 
     def _experiment(self):
         # Only rank 0 holds a real TensorBoard writer; other ranks skip the figure work entirely.
@@ -191,4 +184,4 @@ class VReasonModule(LightningModule):
 
         self._plotted[record.benchmark] = done + 1
         tag = f"samples/{record.benchmark}/{record.index:05d}" if isinstance(record.index, int) else f"samples/{record.key}"
-        experiment.add_image(tag, figure_image(sample_trace_figure(record)), 0, dataformats="HWC")
+        experiment.add_image(tag, figure_image(sample_trace_figure(record, run_label(plain(self.controller)))), 0, dataformats="HWC")

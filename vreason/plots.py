@@ -6,7 +6,7 @@ its ±std band over a benchmark, the paper's way of showing macro-exploration an
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from vreason.records import Record
@@ -30,9 +30,11 @@ def figure_image(fig) -> "Any":
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
-def sample_trace_figure(record: "Record"):
+def sample_trace_figure(record: "Record", label: Optional[str] = None):
     """Entropy (before and after the round), its EMA with the running peak, and α over the
-    generated tokens of one sample; dots mark tokens where an optimization round ran."""
+    generated tokens of one sample; dots mark tokens where an optimization round ran. The title
+    names the run by `label` (`run_settings.run_label`: `switch+lite0.5` for Lite, whose records
+    say only `switch`), else by the record's mode."""
     import numpy as np
 
     h = np.asarray(record.entropy, dtype=float)
@@ -61,7 +63,7 @@ def sample_trace_figure(record: "Record"):
     ax_a.set_xlabel("generated token")
     ax_a.grid(True, alpha=0.3)
     status = f"score {record.reward}" if not record.error else "error"
-    fig.suptitle(f"{record.benchmark} #{record.index} ({record.mode or ''}): "
+    fig.suptitle(f"{record.benchmark} #{record.index} ({label or record.mode or ''}): "
                  f"{record.num_new_tokens} tokens, {status}", fontsize=9)
     fig.tight_layout()
     return fig
@@ -71,10 +73,13 @@ def entropy_curve_figure(curves: dict[str, dict], title: str = "Entropy vs gener
     """Mean entropy vs generated-token index with a ±std band, one line per label (a mode, a
     model or a benchmark), like the paper's entropy-curve figure. An index is drawn while at
     least `min_fraction` of that curve's samples (and at least one) are still generating, so the
-    tail is not one sample's noise."""
+    tail is not one sample's noise. The band is clipped at 0 nats (entropy is never negative). A
+    curve equal to one drawn before it (plain decoding and V-Reason often agree token for token)
+    would hide under it: it is drawn dashed, with markers, as "<label> (identical to <other>)"."""
     import numpy as np
 
     fig, (ax,) = _figure(9, 3.6)
+    drawn: dict[str, tuple] = {}
     for label, curve in curves.items():
         mean = np.asarray(curve.get("mean") or [], dtype=float)
         std = np.asarray(curve.get("std") or [], dtype=float)
@@ -84,8 +89,15 @@ def entropy_curve_figure(curves: dict[str, dict], title: str = "Entropy vs gener
         keep = count >= max(1.0, math.ceil(min_fraction * count[0]))
         m = int(keep.sum()) if keep.all() else int(np.argmin(keep))
         x = np.arange(m)
+        key = (mean[:m].tobytes(), std[:m].tobytes())
+        twin = next((other for other, k in drawn.items() if k == key), None)
+        drawn.setdefault(label, key)
+        if twin is not None:
+            ax.plot(x, mean[:m], lw=1.6, ls=(0, (4, 3)), marker="o", ms=3, markevery=max(1, m // 24),
+                    label=f"{label} (identical to {twin})")
+            continue
         (line,) = ax.plot(x, mean[:m], lw=1.6, label=label)
-        ax.fill_between(x, (mean - std)[:m], (mean + std)[:m], color=line.get_color(), alpha=0.25, lw=0)
+        ax.fill_between(x, np.maximum(mean - std, 0.0)[:m], (mean + std)[:m], color=line.get_color(), alpha=0.25, lw=0)
     ax.set_title(title)
     ax.set_xlabel("generated output token")
     ax.set_ylabel("entropy (nats)")

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from vreason.metrics import EvalMetrics, is_close, overall_row
+from vreason.metrics import SCORE_DEFINITION, EvalMetrics, is_close, overall_row
 from vreason.records import PREDICTIONS_DIR, RESULTS_DIR, Record, json_default, read_predictions, safe_name, write_atomic
 from vreason.scoring import aggregate
 
@@ -81,11 +83,45 @@ def merge_predictions(root: str | Path, run_info: Optional[dict] = None, max_tok
         final_acc = {"mean_acc": _protocol_number(row.get("mean_acc")), "mean_mra": _protocol_number(row.get("mean_mra"))}
         payload = {"results": [protocol_result(r) for r in recs], "final_acc": [final_acc]}
         write_atomic(root / RESULTS_DIR / f"eval_{safe_name(bench)}.json", json.dumps(payload, ensure_ascii=False, indent=2))
-    summary = {**(run_info or {}), **summary, **lite_coverage(records)}
+    summary = {**(run_info or {}), **summary, **lite_coverage(records), "error_reasons": error_reasons(records)}
     write_atomic(root / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False, default=json_default))
     write_atomic(root / "summary.md", summary_markdown(summary))
     summary["_records"] = records
     return summary
+
+
+_PATH = re.compile(r"(?<![\w.])(?:/|[A-Za-z]:\\)[^\s:,;'\"]*")
+_NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
+
+
+def error_reasons(records_by_bench: dict[str, list[Record]]) -> list[dict]:
+    """Why samples failed, most common first: `[{"reason", "count", "example"}]`. Reasons that
+    differ only in a path or a number (`media not found: /data/a.mp4`, `line 7 is not valid JSON`)
+    are one reason (`media not found: <path>`), with the first such message as the example."""
+    counts: Counter = Counter()
+    examples: dict[str, str] = {}
+    for recs in records_by_bench.values():
+        for rec in recs:
+            message = rec.error
+            if not message:
+                continue
+            reason = _NUMBER.sub("N", _PATH.sub("<path>", str(message)))
+            counts[reason] += 1
+            examples.setdefault(reason, str(message))
+    return [{"reason": r, "count": c, "example": examples[r]} for r, c in counts.most_common()]
+
+
+def error_lines(reasons: list[dict], limit: int = 5) -> list[str]:
+    """A few lines for the console and summary.md: each reason with its count, most common first."""
+    def cut(text: str, width: int) -> str:
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    lines = [f"{r['count']:>6} × {cut(r['reason'], 140)}" + (f"  (e.g. {cut(r['example'], 100)})" if r["example"] != r["reason"] else "")
+             for r in reasons[:limit]]
+    if len(reasons) > limit:
+        rest = sum(r["count"] for r in reasons[limit:])
+        lines.append(f"{rest:>6} × {len(reasons) - limit} other reasons (summary.json, `error_reasons`)")
+    return lines
 
 
 def lite_coverage(records_by_bench: dict[str, list[Record]]) -> dict:
@@ -123,34 +159,37 @@ def _num(x: Optional[float], fmt: str) -> str:
 
 
 def summary_markdown(summary: dict) -> str:
-    """The per-benchmark table: score (mean_acc, %), MRA (%), mean output tokens, latency, errors."""
+    """The per-benchmark table: n, answered, score (%), accuracy (mean_acc, %), MRA (%), and the
+    means over answered samples of output tokens, latency and tokens/s, errors; then what each
+    column means and why samples failed."""
     title = summary.get("title") or "V-Reason evaluation"
     lines = [f"# {title}", ""]
     info = [f"{k}: `{summary[k]}`" for k in ("model", "mode") if summary.get(k) is not None]
     if info:
         lines += [", ".join(info), ""]
     lines += [
-        "| benchmark | n | score (mean_acc, %) | MRA (%) | mean output tokens | latency (s/sample) | tokens/s | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| benchmark | n | answered | score (%) | accuracy (%) | MRA (%) | mean output tokens | latency (s/sample) | tokens/s | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for bench, row in summary["benchmarks"].items():
+    rows = [(bench, row) for bench, row in summary["benchmarks"].items()] + [("**overall**", summary["overall"])]
+    for name, row in rows:
+        answered = row.get("n_answered", row["n"] - row["n_errors"])
+        accuracy = "" if name == "**overall**" else _pct(row.get("mean_acc"))
+        mra = "" if name == "**overall**" else _pct(row.get("mean_mra"))
         lines.append(
-            f"| {bench} | {row['n']} | {_pct(row.get('mean_acc'))} | {_pct(row.get('mean_mra'))} | "
+            f"| {name} | {row['n']} | {answered} | {_pct(row.get('mean_score'))} | {accuracy} | {mra} | "
             f"{_num(row.get('mean_tokens'), '.1f')} | {_num(row.get('mean_latency_s'), '.3f')} | "
             f"{_num(row.get('tokens_per_s'), '.1f')} | {row['n_errors']} |"
         )
-    o = summary["overall"]
-    lines.append(
-        f"| **overall** | {o['n']} | {_pct(o.get('mean_score'))} | | {_num(o.get('mean_tokens'), '.1f')} | "
-        f"{_num(o.get('mean_latency_s'), '.3f')} | {_num(o.get('tokens_per_s'), '.1f')} | {o['n_errors']} |"
-    )
     lines += [
         "",
-        "score: mean over non-regression samples (the protocol's `mean_acc`); MRA: mean relative accuracy over "
-        "regression samples; overall score: the mean of the score and MRA columns, as the paper's average. "
-        "Error samples count as score 0.",
+        f"{SCORE_DEFINITION}. accuracy: mean over non-regression samples (the protocol's `mean_acc`); MRA: mean "
+        "relative accuracy over regression samples (`mean_mra`); both over all n samples, error samples scoring 0. "
+        "Output tokens, latency and tokens/s: means over the answered samples (n minus errors).",
         "",
     ]
+    if summary.get("error_reasons"):
+        lines += ["Errors, by reason:", "", "```", *error_lines(summary["error_reasons"]), "```", ""]
     if summary.get("lite_layers"):
         pruned, total = summary["lite_layers"]
         lines += [f"Lite dropped video tokens from {pruned} of {total} layers' caches: the model's other layers "

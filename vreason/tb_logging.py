@@ -18,7 +18,7 @@ def log_summary_to_tensorboard(experiment, summary: dict, label: str, hparams: O
     records = summary.get("_records", {})
     for bench, row in summary["benchmarks"].items():
         for tag, value in (
-            ("score", row.get("mean_acc")), ("mra", row.get("mean_mra")), ("tokens", row.get("mean_tokens")),
+            ("score", row.get("mean_score")), ("accuracy", row.get("mean_acc")), ("mra", row.get("mean_mra")), ("tokens", row.get("mean_tokens")),
             ("latency_s", row.get("mean_latency_s")), ("errors", row.get("n_errors")),
             ("tokens_per_s", row.get("tokens_per_s")), ("entropy", row.get("mean_entropy")),
         ):

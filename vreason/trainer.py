@@ -19,24 +19,39 @@ from typing import Sequence
 
 from vreason.records import DIST_TIMEOUT
 
-__all__ = ["DIST_TIMEOUT", "TRAINER_DEFAULTS", "eval_callbacks", "eval_logger", "eval_trainer", "long_run_allocator",
+__all__ = ["DIST_TIMEOUT", "TRAINER_DEFAULTS", "choose_cpu_threads", "eval_callbacks", "eval_logger", "eval_trainer", "long_run_allocator",
            "set_process_group_timeout"]
 
 
-class _NoAdvertisement(logging.Filter):
-    """Drops Lightning's "💡 Tip" about a cloud logging service, printed at every Trainer start:
-    an evaluation run already logs to TensorBoard, and nothing in it is for the user to act on."""
+class _QuietLightning(logging.Filter):
+    """Drops Lightning's "💡 Tip" about a cloud logging service, printed at every Trainer start (an
+    evaluation run already logs to TensorBoard), and lets its device lines ("GPU available: ...",
+    "TPU available: ...") through once per process: the demo makes one Trainer per mode, and the
+    same lines five times over say nothing new."""
+
+    DEVICE_LINES = ("GPU available:", "TPU available:", "HPU available:")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        message = str(record.msg)
+        if message.startswith("💡 Tip"):
+            return False
+        if message.startswith(self.DEVICE_LINES):
+            if message in self._seen:
+                return False
+            self._seen.add(message)
+        return True
 
 
-_NO_ADVERTISEMENT = _NoAdvertisement()
+_QUIET = _QuietLightning()
 
 
 def hide_lightning_tips() -> None:
     """Install the filter above on Lightning's rank-zero logger (idempotent)."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTISEMENT)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QUIET)
 
 
 def eval_logger(root: str | os.PathLike):
@@ -86,9 +101,35 @@ def eval_trainer(root: str | os.PathLike, accelerator: str = "cpu", devices: int
     several processes, ranks wait for each other up to `dist_timeout`."""
     from lightning.pytorch import Trainer
 
+    hide_lightning_tips()
     settings = {"logger": eval_logger(root), **TRAINER_DEFAULTS, **kwargs}
     trainer = Trainer(default_root_dir=str(root), accelerator=accelerator, devices=devices, strategy=strategy,
                       callbacks=eval_callbacks(enable_progress_bar, retry_errors, dist_timeout) + list(callbacks),
                       enable_progress_bar=enable_progress_bar, **settings)
     set_process_group_timeout(trainer, dist_timeout)
     return trainer
+
+
+# **ours**: below this much weight on disk a model's CPU ops are too small to split over threads.
+SMALL_MODEL_BYTES = 256 * 2**20
+
+
+def choose_cpu_threads(model_path: str | os.PathLike) -> int | None:
+    """One CPU thread for a small model, as the demo always ran: the tiny model's ops are too small
+    to split, and on a busy machine a second OpenMP thread mostly waits at barriers (its decode
+    ran several times slower with two). Larger models keep torch's default. `OMP_NUM_THREADS`,
+    when set, is the user's choice and wins. Returns the thread count set, or None."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    folder = os.fspath(model_path)
+    try:
+        weights = sum(e.stat().st_size for e in os.scandir(folder)
+                      if e.is_file() and e.name.endswith((".safetensors", ".bin", ".pt")))
+    except OSError:
+        return None  # a missing folder is reported when the model loads
+    if not 0 < weights < SMALL_MODEL_BYTES:
+        return None
+    torch.set_num_threads(1)
+    return 1

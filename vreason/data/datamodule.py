@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -79,19 +79,31 @@ class BenchmarkDataset(Dataset):
 class BenchmarkDataModule(L.LightningDataModule):
     """One predict dataloader over every sample of `files`, in file order.
 
-    files: protocol files (JSON list or JSONL), one benchmark each; names must differ.
-    media_root: folder media paths are relative to (default: each file's folder).
-    model_path: local model folder the processor is loaded from when none was `connect`ed.
-    num_frames ... frame_cache: the fields of `VideoConfig` (frames by count or by rate, fps
-        winning when set; pixel bounds; decoder threads; `video_reader` auto|decord|pyav;
-        `video_timeout` seconds a read may take, 0 for no limit; `frame_cache` folder).
-    num_workers: loader processes decoding videos. batch_size: items per batch (a list of items).
-    template: prompt template overriding the protocol's (placeholders `{Question}`, `{TypeSuffix}`).
-
+    `setup()` reads every benchmark file, so a broken one stops the run before the model loads.
     `skip_samples(keys)` before `predict_dataloader()` drops finished samples (a resume).
+
+    Args:
+        files: benchmark files (JSON list or JSONL), one benchmark each, names differing; one path
+            or a list of paths.
+        media_root: folder media paths are relative to (null: each file's folder).
+        model_path: local model folder the processor is loaded from when no model is connected
+            (set with --model.model_path).
+        num_frames: frames per video, sampled uniformly (rounded to even); fps, when set, wins.
+        fps: frames per second of video instead of a fixed count (null: use num_frames).
+        max_pixels: per-frame pixel bound (images use it too).
+        min_pixels: per-frame lower pixel bound.
+        min_frames: lower bound on the count fps gives.
+        max_frames: upper bound on the count fps gives.
+        num_threads: decoder threads per read (0: the decoder's choice).
+        video_reader: auto (decord, PyAV where decord fails), decord or pyav.
+        video_timeout: seconds one read may take before the sample becomes an error record (0: no limit).
+        frame_cache: folder of decoded, resized frames reused by later runs (null: no cache).
+        num_workers: loader processes decoding videos (0: in the main process).
+        batch_size: samples decoded together (Qwen2.5-VL / Qwen2-VL; other families run them one by one).
+        template: prompt template overriding the protocol's (placeholders {Question}, {TypeSuffix}).
     """
 
-    def __init__(self, files: list[str], media_root: Optional[str] = None, model_path: Optional[str] = None,
+    def __init__(self, files: Union[str, list[str]], media_root: Optional[str] = None, model_path: Optional[str] = None,
                  num_frames: Optional[int] = _VIDEO.num_frames, fps: Optional[float] = _VIDEO.fps,
                  max_pixels: int = _VIDEO.max_pixels, min_pixels: int = _VIDEO.min_pixels,
                  min_frames: int = _VIDEO.min_frames, max_frames: int = _VIDEO.max_frames,
@@ -147,10 +159,18 @@ class BenchmarkDataModule(L.LightningDataModule):
             **self.video.sampling(),
         }
 
-    def skip_samples(self, keys: set[str]) -> None:
+    def setup(self, stage: str) -> None:
+        """Read every benchmark file now: Lightning calls this before the model loads, so a file
+        that is not JSON or not a list of samples stops the run in seconds (`BenchmarkError`),
+        not after minutes of loading a large model."""
+        self.samples  # noqa: B018 (loads and checks once)
+
+    def skip_samples(self, keys: set[str]) -> int:
         """Drop these sample keys (finished by an earlier run) before `predict_dataloader()`
-        shards the rest, so a resumed run never decodes finished samples' videos."""
+        shards the rest, so a resumed run never decodes finished samples' videos. Returns how
+        many samples remain to run."""
         self._skip = set(keys)
+        return sum(s.key not in self._skip for s in self.samples)
 
     @property
     def samples(self) -> list[Sample]:
