@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+from vreason.precision import check_trainer_precision
 # The evaluation trainer is defined once, in trainer.py (the demo and the tests use it too).
 from vreason.trainer import TRAINER_DEFAULTS, eval_callbacks, eval_logger, eval_trainer  # noqa: F401
 
@@ -59,6 +60,7 @@ def _make_cli_class():
 
         def instantiate_trainer(self, **kwargs):
             config = self._get(self.config_init, "trainer", default={})
+            check_trainer_precision(config.get("precision"))  # one line (ValueError), before any model load
             if config.get("logger") in (None, True):
                 kwargs["logger"] = eval_logger(config.get("default_root_dir") or os.getcwd())
             progress_bar = config.get("enable_progress_bar") is not False

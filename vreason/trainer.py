@@ -1,8 +1,10 @@
 """The evaluation Trainer: what `vreason predict`, the demo and the tests run predictions with.
 
 Its settings are written once here: TensorBoard under `<root>/tb`, the resumable prediction
-writer and the progress bar, no checkpoints or model summary (nothing is trained), and autograd
-available (the controller's optimization needs it; Lightning's inference mode forbids it).
+writer and the progress bar, no checkpoints or model summary (nothing is trained), autograd
+available (the controller's optimization needs it; Lightning's inference mode forbids it), and
+full float32 precision only (`precision.check_trainer_precision`: the weights' dtype is the
+model's setting, and mixed precision would round the controller's float32 products).
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ def eval_trainer(root: str | os.PathLike, accelerator: str = "cpu", devices: int
     callbacks (then `callbacks`) and `TRAINER_DEFAULTS` (overridable through `kwargs`)."""
     from lightning.pytorch import Trainer
 
+    from vreason.precision import check_trainer_precision
+
+    check_trainer_precision(kwargs.get("precision"))
     settings = {"logger": eval_logger(root), **TRAINER_DEFAULTS, **kwargs}
     return Trainer(default_root_dir=str(root), accelerator=accelerator, devices=devices, strategy=strategy,
                    callbacks=eval_callbacks(enable_progress_bar, retry_errors) + list(callbacks),
