@@ -25,7 +25,8 @@ from torch.utils import cpp_extension
 ROOT = Path(__file__).parent
 CSRC = "cuda"  # shared schemas and checks; each backend beside them in cpu/ and gpu/
 CPU_SOURCES = [f"{CSRC}/ops.cpp", f"{CSRC}/python_module.cpp", f"{CSRC}/cpu/cpu_ops.cpp",
-               f"{CSRC}/cpu/entropy_avx2.cpp", f"{CSRC}/cpu/entropy_avx512.cpp", f"{CSRC}/cpu/vecmat.cpp"]
+               f"{CSRC}/cpu/entropy_avx2.cpp", f"{CSRC}/cpu/entropy_avx512.cpp", f"{CSRC}/cpu/vecmat.cpp",
+               f"{CSRC}/vecmat_split.cpp"]
 CUDA_SOURCES = [f"{CSRC}/gpu/cuda_ops.cpp", f"{CSRC}/gpu/entropy.cu", f"{CSRC}/gpu/value_update.cu"]
 INCLUDE_DIRS = [str(ROOT / CSRC)]
 

@@ -153,6 +153,9 @@ TORCH_LIBRARY(vreason, m) {
   // g @ weight for a few rows g (a linear layer's input gradient for one token), float32
   // (float64 for a float64 weight); not differentiable (it is itself a backward).
   m.def("vecmat(Tensor g, Tensor weight) -> Tensor");
+  // vecmat for a bf16/fp16 weight as the CUDA backend computes it (vecmat_split.cpp), on any
+  // device: the CPU runs the GPU's composition (tests, `vreason doctor`).
+  m.def("vecmat_split(Tensor g, Tensor weight) -> Tensor");
 }
 
 }  // namespace vreason

@@ -28,6 +28,10 @@ int64_t first_bad_position(const int64_t* positions, int64_t num, int64_t seq);
 // Raises the error for positions[index] (found bad by first_bad_position or a kernel).
 [[noreturn]] void fail_position(const int64_t* positions, int64_t index, int64_t seq);
 
+// vecmat for a bf16/fp16 weight with g split into two parts of the weight's dtype and one GEMM
+// with float32 output (vecmat_split.cpp): the CUDA backend's vecmat for such weights.
+at::Tensor vecmat_split(const at::Tensor& g, const at::Tensor& weight);
+
 bool built_with_cuda();
 
 }  // namespace vreason

@@ -15,9 +15,28 @@ def test_doctor_passes_on_cpu(capsys):
     for line in ("torch", "vreason._C", "CPU SIMD", "transformers", "lightning", "decord"):
         assert line in out
     rows = [r for r in out.splitlines() if r.startswith("| ") and ("PASS" in r or "FAIL" in r)]
-    # entropy, value_update and vecmat in two dtypes, the tiny model's build, off decoding, switch gradient
-    assert len(rows) == 9 and all("| PASS" in r for r in rows), out
-    assert "9 of 9 checks passed" in out
+    # entropy, value_update and vecmat in two dtypes, vecmat's CUDA arithmetic in bf16 and fp16,
+    # the tiny model's build, off decoding, switch gradient
+    assert len(rows) == 11 and all("| PASS" in r for r in rows), out
+    assert "11 of 11 checks passed" in out
+
+
+def test_doctor_catches_a_cuda_vecmat_that_rounds_the_gradient(monkeypatch, capsys):
+    # The CUDA backend's earlier vecmat (g and the product rounded to the weight's dtype), put in
+    # place of its arithmetic: the host rows fail on a machine without a GPU.
+    class Rounded:
+        @staticmethod
+        def default(g, weight):
+            return (g.to(weight.dtype).float() @ weight.float()).to(weight.dtype).float()
+
+    class Ops:
+        def __getattr__(self, name):
+            return Rounded if name == "vecmat_split" else getattr(torch.ops.vreason, name)
+
+    monkeypatch.setattr(doctor_module, "_vreason_ops", lambda: Ops())
+    assert doctor_module.doctor(["--device", "cpu"]) == 1
+    failed = [r for r in capsys.readouterr().out.splitlines() if "| FAIL" in r]
+    assert len(failed) == 2 and all("vecmat's CUDA arithmetic" in r and "x the tolerance" in r for r in failed)
 
 
 def test_doctor_fails_on_a_wrong_kernel(monkeypatch, capsys):

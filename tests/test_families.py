@@ -6,8 +6,10 @@ for Lite, and the `vreason predict` command end to end."""
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
+import weakref
 
 import pytest
 import torch
@@ -250,6 +252,68 @@ def test_qwen3_5_lite_prunes_the_full_attention_layers_and_rewinds_the_recurrent
         lite = adapter.rerun_last_prompt_token(pruned.cache, ids, pruned.next_position_ids - 1)
         assert torch.isfinite(lite).all() and not torch.allclose(lite, plain.logits, atol=1e-6)
         assert adapter.cache_kv(pruned.cache, layers[-1])[1].shape[-2] == ids.shape[1] - (video.numel() - n_keep)
+
+
+
+def _spy_prepared_inputs(adapter, monkeypatch) -> list:
+    """Weak references to every tensor `prepare_inputs` hands the generator from now on."""
+    seen, prepare = [], adapter.prepare_inputs
+
+    def spy(inputs):
+        out = prepare(inputs)
+        seen.extend(weakref.ref(v) for v in out.values() if torch.is_tensor(v))
+        return out
+
+    monkeypatch.setattr(adapter, "prepare_inputs", spy)
+    return seen
+
+
+@pytest.mark.parametrize("prune_ratio", [0.0, 0.5])
+def test_qwen3_5_keeps_no_input_of_a_finished_or_failed_sample(tiny, monkeypatch, prune_ratio):
+    _, model, processor = tiny("qwen3_5")
+    cfg = ControllerConfig(mode="switch", every_k=1, lr=0.05, prune_ratio=prune_ratio)
+    gen = VReasonGenerator(model, cfg, DecodeConfig(max_new_tokens=3))
+    seen = _spy_prepared_inputs(gen.adapter, monkeypatch)
+    assert gen.generate(**family_inputs(processor, seed=3)).num_new_tokens == 3
+    gc.collect()
+    assert seen and all(ref() is None for ref in seen)
+    # A sample that fails mid-decode (an out-of-memory error, say) leaves nothing behind either,
+    # so a retry starts with its memory free.
+    seen.clear()
+
+    def fail(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(gen.adapter, "decode_step", fail)
+    try:
+        gen.generate(**family_inputs(processor, seed=3))
+    except torch.OutOfMemoryError:
+        pass
+    gc.collect()
+    assert seen and all(ref() is None for ref in seen)
+
+
+def test_qwen3_5_lite_rerun_stores_no_second_full_attention_cache(tiny):
+    _, model, processor = tiny("qwen3_5")
+    adapter = adapter_for(model)
+    inputs = adapter.prepare_inputs(family_inputs(processor, seed=3))
+    caches = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: caches.append(kwargs.get(adapter.cache_key)), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            pre = adapter.prefill(inputs)
+            prune_video_tokens(adapter, pre.cache, pre.video_positions, 0.5)
+            caches.clear()
+            adapter.rerun_last_prompt_token(pre.cache, inputs["input_ids"], pre.next_position_ids - 1)
+    finally:
+        hook.remove()
+    rerun = caches[0]  # the prompt's forward (then the last token's, over the sample's cache)
+    assert rerun is not None and rerun is not pre.cache
+    # Its full-attention layers kept nothing; its recurrent states are now the sample's.
+    assert all(rerun.layers[i].get_seq_length() == 0 for i in adapter.kv_layers())
+    linear = [i for i in range(adapter.num_layers) if i not in adapter.kv_layers()]
+    assert linear and all(pre.cache.layers[i] is rerun.layers[i] for i in linear)
 
 
 # ---- the command ------------------------------------------------------------------------------------

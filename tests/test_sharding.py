@@ -132,3 +132,52 @@ def test_auto_plans_with_the_checkpoints_dtype(folders):
     assert _weights_dtype("auto", config) == torch.float32 and _weights_dtype(torch.float16, config) == torch.float16
     config.dtype = "bfloat16"
     assert _weights_dtype("auto", config) == torch.bfloat16
+
+
+def _full_map(text="model.language_model", **where):
+    """A map of the tiny Qwen3-VL (3 decoder layers) placing everything on GPU 0 unless `where`
+    (module name with dots as "__") says otherwise."""
+    names = ["model.visual", f"{text}.embed_tokens", f"{text}.rotary_emb", f"{text}.layers.0", f"{text}.layers.1",
+             f"{text}.layers.2", f"{text}.norm", "lm_head"]
+    return {name: where.get(name.replace(".", "__"), 0) for name in names}
+
+
+@pytest.mark.parametrize("where, message", [
+    # the embedding (prompt, switch state, sampler) on another GPU than the lm_head (logits)
+    ({"model__language_model__embed_tokens": 1}, "spreads over ['cuda:0', 'cuda:1']"),
+    ({"model__language_model__embed_tokens": "cuda:1"}, "the token embedding (model.language_model.embed_tokens) on cuda:1"),
+    ({"model__language_model__embed_tokens": "disk"}, "the token embedding (model.language_model.embed_tokens) is offloaded"),
+    ({"lm_head": "cpu"}, "lm_head on cpu"),
+])
+def test_explicit_map_splitting_the_main_modules_is_refused_before_loading(folders, where, message):
+    # On a CPU machine a map naming GPUs can only be refused by our check, before any weight is
+    # read (accelerate would fail otherwise, on the first cuda placement, with another message).
+    with pytest.raises(ModelLoadError) as err:
+        vreason.load_model(folders["qwen3_vl"], dtype="float32", device_map=_full_map(**where))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_device_map_check_counts_submodule_and_root_entries():
+    from vreason.models.sharding import check_device_map
+
+    text = "model.language_model"
+    whole = {"": 0}
+    check_device_map(whole, 3)  # everything on one GPU
+    check_device_map({**_full_map(), "model.language_model.layers.0": 1, "model.visual": 1}, 3)  # others anywhere
+    split_layer = {k: v for k, v in _full_map().items() if k != f"{text}.layers.2"}
+    split_layer.update({f"{text}.layers.2.self_attn": 0, f"{text}.layers.2.mlp": 1})
+    with pytest.raises(ValueError, match=r"the last decoder layer \(model.language_model.layers.2\) on cuda:0, cuda:1"):
+        check_device_map(split_layer, 3)
+    check_device_map({"": "cpu", text: 0, "lm_head": 0}, 3)  # the closest entry places a module
+    with pytest.raises(ValueError, match=r"the final norm \(model.language_model.norm\) on cuda:1;"):
+        check_device_map({"": 0, f"{text}.norm": 1}, 3)
+
+
+def test_loaded_model_with_its_embedding_off_device_is_refused(folders):
+    from vreason.models.sharding import check_placement
+
+    model, _ = vreason.load_model(folders["qwen3_vl"], dtype="float32", device="cpu")
+    check_placement(model)
+    model.model.language_model.embed_tokens.to("meta")
+    with pytest.raises(ValueError, match=r"the token embedding \(model.language_model.embed_tokens\) is offloaded"):
+        check_placement(model)

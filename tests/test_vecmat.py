@@ -96,3 +96,77 @@ def test_rejects_bad_inputs_in_one_line(g_shape, w_shape, dtype, message):
 def test_opcheck():
     g, weight = case(70, 19, 2, torch.bfloat16, seed=4)
     torch.library.opcheck(torch.ops.vreason.vecmat.default, (g, weight))
+
+
+# ---- the CUDA backend's arithmetic (`vecmat_split`), run here ------------------------------------
+# On CUDA a bf16/fp16 weight goes through cuBLAS in its dtype; `vecmat_split` is that composition
+# (g split into two parts of the weight's dtype, one GEMM with float32 output), written once for
+# every device: on the CPU the GEMM's exact products and float32 sums are float32 arithmetic.
+SPLIT_TOL = 1e-4  # `vreason doctor`'s bound for vecmat
+
+
+def split(g, weight):
+    return torch.ops.vreason.vecmat_split.default(g, weight)
+
+
+def rounded_cuda_vecmat(g, weight):
+    """The CUDA backend's earlier `mm(g.to(dtype), W)`: g rounded to the weight's dtype, float32
+    accumulation, the product rounded to that dtype."""
+    return (g.to(weight.dtype).float() @ weight.float()).to(weight.dtype).float()
+
+
+def decades(samples, rows, seed, low=-8):
+    """A gradient whose entries span `-low` decades (an lm_head gradient's do)."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(low, 0, rows)[torch.randperm(rows, generator=gen)]
+    return torch.randn(samples, rows, generator=gen) * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, cols, samples", SHAPES + [(4099, 515, 2), (20_000, 70, 4)])
+def test_cuda_split_matches_float64(dtype, rows, cols, samples):
+    g, weight = case(rows, cols, samples, dtype, seed=5)
+    out = split(g, weight)
+    assert out.dtype == torch.float32 and out.shape == (samples, cols)
+    assert rel_max_err(out, reference.vecmat(g, weight)) <= SPLIT_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("row_scale", [1.0, 1e-9, 1e6])
+def test_cuda_split_keeps_gradients_over_many_decades(dtype, row_scale):
+    # fp16's exponent range would flush such entries (and whole small rows) to zero unscaled.
+    _, weight = case(4099, 515, 2, dtype, seed=6)
+    g = decades(2, 4099, seed=6) * row_scale
+    assert rel_max_err(split(g, weight), reference.vecmat(g, weight)) <= SPLIT_TOL
+
+
+@pytest.mark.parametrize("dtype, g_scale", [(torch.bfloat16, 1.0), (torch.float16, 1e-6)])
+def test_the_rounded_cuda_composition_fails_the_bound(dtype, g_scale):
+    # What the bound catches: g (and the product) rounded to bf16 is several times over it, and
+    # a small gradient rounded to fp16 loses its entries altogether.
+    g, weight = case(4099, 515, 2, dtype, seed=7)
+    g = g * g_scale
+    want = reference.vecmat(g, weight)
+    assert rel_max_err(rounded_cuda_vecmat(g, weight), want) > 5 * SPLIT_TOL
+    assert rel_max_err(split(g, weight), want) <= SPLIT_TOL
+
+
+def test_cuda_split_non_finite_rows_stay_non_finite_and_empty_rows_give_zeros():
+    g, weight = case(300, 40, 3, torch.bfloat16, seed=8)
+    g[0, 7], g[1, 3] = float("inf"), float("nan")
+    out = split(g, weight)
+    assert not out[0].isfinite().all() and not out[1].isfinite().all()
+    assert rel_max_err(out[2:], reference.vecmat(g[2:], weight)) <= SPLIT_TOL
+    assert torch.equal(split(torch.ones(2, 0), torch.ones(0, 5, dtype=torch.bfloat16)), torch.zeros(2, 5))
+
+
+def test_cuda_split_rejects_a_full_precision_weight_in_one_line():
+    with pytest.raises(RuntimeError) as err:
+        split(torch.ones(1, 4), torch.ones(4, 3))
+    assert "vecmat_split: weight must be bfloat16 or float16, got Float" in str(err.value)
+    assert "\n" not in str(err.value).strip()
+
+
+def test_cuda_split_opcheck():
+    g, weight = case(70, 19, 2, torch.bfloat16, seed=9)
+    torch.library.opcheck(torch.ops.vreason.vecmat_split.default, (g, weight))

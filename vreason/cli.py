@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
+from vreason.precision import check_trainer_precision
 # The evaluation trainer is defined once, in trainer.py (the demo and the tests use it too).
 from vreason.trainer import (DIST_TIMEOUT, TRAINER_DEFAULTS, choose_cpu_threads, eval_callbacks, eval_logger,  # noqa: F401
                              eval_trainer, hide_lightning_tips, long_run_allocator, set_process_group_timeout)
@@ -64,6 +65,7 @@ def _make_cli_class():
         def instantiate_trainer(self, **kwargs):
             hide_lightning_tips()
             config = self._get(self.config_init, "trainer", default={})
+            check_trainer_precision(config.get("precision"))  # one line (ValueError), before any model load
             if config.get("logger") in (None, True):
                 kwargs["logger"] = eval_logger(config.get("default_root_dir") or os.getcwd())
             progress_bar = config.get("enable_progress_bar") is not False

@@ -3,10 +3,11 @@
 It prints what the run will use (torch and its CUDA, the GPU, the compiled extension's kernels
 and architectures, the CPU's SIMD level, the libraries), then checks on one device what the
 tests check here: every compiled op against the plain-torch oracle (`vreason.ops.reference`) in
-float32 and bfloat16, a tiny model's `off` decoding against transformers' `generate`, and the
-controller's gradient of one `switch` round against autograd through the real last layer. The
-CUDA kernels are tested without a GPU (cuda/tests, an emulation of the GPU on the host); this is
-where they first meet real hardware. Exit 0 only if every check passes.
+float32 and bfloat16, the CUDA backend's vecmat arithmetic run on the host (on any machine), a
+tiny model's `off` decoding against transformers' `generate`, and the controller's gradient of
+one `switch` round against autograd through the real last layer. The CUDA kernels are tested
+without a GPU (cuda/tests, an emulation of the GPU on the host); this is where they first meet
+real hardware. Exit 0 only if every check passes.
 """
 from __future__ import annotations
 
@@ -228,6 +229,18 @@ def check_vecmat(device: torch.device, dtype: torch.dtype) -> str:
     return "[2, 4099] @ [4099, 515]"
 
 
+def check_vecmat_split(dtype: torch.dtype) -> str:
+    """The CUDA backend's vecmat arithmetic for a bf16/fp16 weight (`vecmat_split`), run on the
+    host: a GPU-only rounding (g or the product in bf16, ~2e-3) shows on any machine."""
+    from vreason.ops import reference
+
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(4099, 515, generator=gen).to(dtype)
+    g = torch.randn(2, 4099, generator=gen) * torch.logspace(-8, 0, 4099)[torch.randperm(4099, generator=gen)]
+    _close("g @ weight", _vreason_ops().vecmat_split.default(g, weight), reference.vecmat(g, weight), 1e-4)
+    return "[2, 4099] @ [4099, 515] on the host, g spanning 8 decades"
+
+
 def run_checks(device: torch.device) -> list[tuple[str, str, bool, str]]:
     """(check, dtype, passed, detail) per check; a check that raises fails with its message."""
     results = []
@@ -246,6 +259,8 @@ def run_checks(device: torch.device) -> list[tuple[str, str, bool, str]]:
         run("ops.entropy vs reference", name, lambda: check_entropy(device, dtype))
         run("ops.value_update vs reference", name, lambda: check_value_update(device, dtype))
         run("ops.vecmat vs reference", name, lambda: check_vecmat(device, dtype))
+    for dtype in (torch.bfloat16, torch.float16):
+        run("vecmat's CUDA arithmetic vs reference", str(dtype).removeprefix("torch."), lambda: check_vecmat_split(dtype))
     with tempfile.TemporaryDirectory(prefix="vreason-doctor-") as tmp:
         loaded: list = []
         run("tiny model: build and load", "float32", lambda: (loaded.extend(_tiny_model(device, Path(tmp))), "ok")[1])

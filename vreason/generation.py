@@ -29,6 +29,7 @@ from vreason.batch_generation import BatchRun
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.controller import ValueController
 from vreason.models import adapter_for
+from vreason.precision import runs_in_float32
 from vreason.pruning import num_pruned, prune_video_tokens, rerun_last_prompt_token
 from vreason.sampling import TokenSampler
 from vreason.switching import EntropySwitch
@@ -80,6 +81,8 @@ class VReasonGenerator:
 
     max_seconds: a wall-clock budget per sample (prefill included; None: none). Past it, the
     sample stops after its current token with `stop_reason="time"`.
+
+    Generation runs without autocast and with float32 matmul precision "highest" (`precision.py`).
     """
 
     def __init__(self, model: torch.nn.Module, controller: ControllerConfig | None = None, decode: DecodeConfig | None = None,
@@ -93,6 +96,7 @@ class VReasonGenerator:
         self.decode_config = decode if decode is not None else DecodeConfig()
         model.requires_grad_(False)
 
+    @runs_in_float32
     def generate_batch(self, seeds: list | None = None, **inputs) -> list[GenerationResult]:
         """Generate for a left-padded batch of B samples (the processor's batched outputs, or
         `adapter.collate_inputs` of per-sample ones) as keywords: one result per row, each equal to
@@ -123,6 +127,7 @@ class VReasonGenerator:
             return self.generate_batch(seeds=list(seeds), **self.adapter.collate_inputs(samples))
         return [self.generate(seed=seed, **sample) for sample, seed in zip(samples, seeds)]
 
+    @runs_in_float32
     @torch.no_grad()
     def generate(self, seed: int | None = None, **inputs) -> GenerationResult:
         """Generate for one sample given the processor's outputs as keywords.

@@ -1,8 +1,10 @@
 """The evaluation Trainer: what `vreason predict`, the demo and the tests run predictions with.
 
 Its settings are written once here: TensorBoard under `<root>/tb`, the resumable prediction
-writer and the progress bar, no checkpoints or model summary (nothing is trained), and autograd
-available (the controller's optimization needs it; Lightning's inference mode forbids it).
+writer and the progress bar, no checkpoints or model summary (nothing is trained), autograd
+available (the controller's optimization needs it; Lightning's inference mode forbids it), and
+full float32 precision only (`precision.check_trainer_precision`: the weights' dtype is the
+model's setting, and mixed precision would round the controller's float32 products).
 
 Long runs on several GPUs (**ours**): ranks never synchronise while they predict, so the first
 collective at the end waits for the slowest rank. Lightning's process group gives up after 30
@@ -101,6 +103,9 @@ def eval_trainer(root: str | os.PathLike, accelerator: str = "cpu", devices: int
     several processes, ranks wait for each other up to `dist_timeout`."""
     from lightning.pytorch import Trainer
 
+    from vreason.precision import check_trainer_precision
+
+    check_trainer_precision(kwargs.get("precision"))
     hide_lightning_tips()
     settings = {"logger": eval_logger(root), **TRAINER_DEFAULTS, **kwargs}
     trainer = Trainer(default_root_dir=str(root), accelerator=accelerator, devices=devices, strategy=strategy,

@@ -12,7 +12,11 @@ lm_head, one optimization round), process peak RSS and the peak RSS of the gener
     (t_rest + 28·t_layer + t_round/every_k) / (t_rest + 28·t_layer),
 with t_rest = t_token(off) − 4·t_layer (embedding, lm_head, final norm, entropy, sampling, loop).
 
-    python experiments/bench/generation.py [--new-tokens 64] [--every-k 2] [--steps 1]
+    python experiments/bench/generation.py [--new-tokens 64] [--every-k 2] [--steps 1] [--device cpu]
+
+`--device cuda` runs the same on a GPU: each component's timing then synchronizes the device at
+its start and end (so the sum of the parts is slower than a free-running token), and the peak
+memory columns are the GPU's allocated memory (`torch.cuda.max_memory_allocated`) instead of RSS.
 
 Batched decoding (`--batch`): per mode (off, switch; each in its own process), batches of
 `--batch-sizes` samples (default 1, 4, 8; size 1 runs `generate`, the others `generate_batch`)
@@ -78,9 +82,12 @@ def worker(args) -> dict:
     processor = AutoProcessor.from_pretrained(args.processor_dir, local_files_only=True)
     config = tiny_config(processor.tokenizer, **SHAPES)
     t0 = time.perf_counter()
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
+    device = torch.device(args.device)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval().to(device)
     model.requires_grad_(False)
     build_s = time.perf_counter() - t0
+    cuda = device.type == "cuda"
+    clock = (lambda: (torch.cuda.synchronize(device), time.perf_counter())[1]) if cuda else time.perf_counter
     # An id no tokenizer entry uses: the run always generates --new-tokens tokens.
     model.generation_config.eos_token_id = [SHAPES["vocab_size"] - 1]
 
@@ -88,17 +95,18 @@ def worker(args) -> dict:
                            generator=torch.Generator().manual_seed(0))
     msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which direction does the square move?"}]}]
     text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    inputs = dict(processor(text=[text], videos=[frames], return_tensors="pt", do_sample_frames=False))
+    inputs = {k: v.to(device) for k, v in processor(text=[text], videos=[frames], return_tensors="pt",
+                                                     do_sample_frames=False).items()}
 
     timings: dict[str, list[float]] = {"forward": [], "layer": [], "lm_head": [], "round": []}
     starts: dict[str, float] = {}
 
     def timed_hooks(module, key):
         def pre(*_a, **_k):
-            starts[key] = time.perf_counter()
+            starts[key] = clock()
 
         def post(*_a, **_k):
-            timings[key].append(time.perf_counter() - starts[key])
+            timings[key].append(clock() - starts[key])
 
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
@@ -115,20 +123,26 @@ def worker(args) -> dict:
 
     def timed_round(self, *a, **k):
         round_marks.append((len(timings["layer"]), len(timings["lm_head"])))
-        t = time.perf_counter()
+        t = clock()
         out = original_round(self, *a, **k)
-        timings["round"].append(time.perf_counter() - t)
+        timings["round"].append(clock() - t)
         return out
 
     ValueController.round = timed_round
 
     controller = ControllerConfig(mode=args.mode, every_k=args.every_k, steps=args.steps)
     generator = VReasonGenerator(model, controller, DecodeConfig(max_new_tokens=args.new_tokens))
-    rss_before = _rss_mb()
+    if cuda:  # a short warm-up (first-use checks, cuBLAS handles); then the peak of generate alone
+        VReasonGenerator(model, controller, DecodeConfig(max_new_tokens=2)).generate(**inputs)
+        for values in timings.values():
+            values.clear()
+        round_marks.clear()
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = torch.cuda.memory_allocated(device) / 2**20 if cuda else _rss_mb()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: the peak of generate alone
-    t0 = time.perf_counter()
+    t0 = clock()
     result = generator.generate(**inputs)
-    total = time.perf_counter() - t0
+    total = clock() - t0
     n_layers = SHAPES["num_hidden_layers"]
     prefill = timings["forward"][0]
     decode_layers = timings["layer"][n_layers:]  # the prefill's layer calls come first
@@ -151,8 +165,9 @@ def worker(args) -> dict:
         round_over_floor=_round_over_floor(timings, round_marks, n_layers),
         skipped=result.skipped_rounds,
         rss_before_mb=rss_before,
-        peak_generate_mb=_vm_hwm_mb(),
-        peak_process_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_generate_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _vm_hwm_mb(),
+        peak_process_mb=torch.cuda.max_memory_reserved(device) / 2**20 if cuda else
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         load=os.getloadavg()[0],
     )
     row.update(_count_ops(args, model, inputs, timings))
@@ -328,6 +343,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=448, help="frame side in pixels (448 px: 32x32 patches)")
     parser.add_argument("--batch", action="store_true", help="batched decoding: batch sizes side by side")
     parser.add_argument("--batch-sizes", default="1,4,8")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (single-sample runs)")
     parser.add_argument("--worker", dest="mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch-worker", dest="batch_mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--processor-dir", default=None, help=argparse.SUPPRESS)
@@ -356,13 +372,18 @@ def main() -> None:
         for label, mode, steps in runs:
             cmd = [sys.executable, __file__, "--worker", mode, "--processor-dir", str(Path(tmp) / "proc"),
                    "--new-tokens", str(args.new_tokens), "--every-k", str(args.every_k), "--steps", str(steps),
-                   "--frames", str(args.frames), "--side", str(args.side)]
+                   "--frames", str(args.frames), "--side", str(args.side), "--device", args.device]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
 
     off, sw = rows["off"], rows["switch"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
           f"(load average now {os.getloadavg()[0]:.2f}: rerun when quieter if it is well above 1); bfloat16 weights")
+    if args.device != "cpu":
+        import torch
+
+        print(f"device: {args.device} ({torch.cuda.get_device_name(torch.device(args.device))}); the peak columns are "
+              "GPU memory (reserved / allocated by generate), component timings synchronize the device")
     print(f"model: Qwen2.5-VL-7B text shapes, {SHAPES['num_hidden_layers']} decoder layers, random weights; "
           f"prompt {off['prompt_tokens']} tokens of which {off['video_tokens']} video; {off['new_tokens']} new tokens; "
           f"switch: every_k={args.every_k}, steps={args.steps}")

@@ -105,10 +105,12 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
         if device_map is not None:
             from vreason.models import sharding
 
+            config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             if device_map == "auto":
-                config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
                 device_map = sharding.plan_device_map(config, _weights_dtype(torch_dtype, config), max_memory)
                 planned = True
+            else:  # refused before any weight is read
+                sharding.check_device_map(device_map, int(config.get_text_config().num_hidden_layers))
             placement = dict(device_map=device_map, offload_folder=None if offload_folder is None else str(offload_folder))
         with warnings.catch_warnings():
             if planned:  # our plan names a parameter (LLaVA-OneVision's image_newline) on purpose;

@@ -19,10 +19,19 @@ Lite. The recurrent state of a linear-attention layer cannot drop tokens: Lite d
 tokens from the full-attention layers' caches only (`kv_layers`; the run summary says how many
 layers that is), and its re-run of the last prompt token must not feed that token to the
 recurrent states a second time (`rerun_last_prompt_token` rewinds them first).
+
+Memory (**ours**). The adapter keeps only weak references to a prompt's tensors (the caller holds
+them for the sample's duration), so no input of a sample outlives its generation, also when it
+failed (an out-of-memory retry then starts with them freed). The re-run keeps only what it is
+for: its full-attention layers attend over the prompt and store nothing (the sample's pruned
+cache is the one kept), and its recurrent states replace the sample's.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from vreason.models.adapter import LayerInput
 from vreason.models.qwen2_5_vl import QwenVLAdapter
@@ -33,6 +42,15 @@ __all__ = ["Qwen3_5Adapter"]
 _FULL = "full_attention"
 
 
+class _KeepNothingLayer(DynamicLayer):
+    """A full-attention cache entry for a forward from an empty cache that stores nothing: the
+    attention gets the chunk's own keys and values, as from a fresh entry, and they are freed
+    with the layer's activations."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return key_states, value_states
+
+
 class Qwen3_5Adapter(QwenVLAdapter):
     def __init__(self, model: torch.nn.Module) -> None:
         self.layer_types = tuple(model.config.get_text_config().layer_types)
@@ -40,7 +58,7 @@ class Qwen3_5Adapter(QwenVLAdapter):
             raise ValueError(f"the last decoder layer is {self.layer_types[-1]!r}: V-Reason needs full attention there")
         super().__init__(model)
         self.full_layers = tuple(i for i, kind in enumerate(self.layer_types) if kind == _FULL)
-        self._prompt: dict | None = None  # the last prefill's inputs, for Lite's re-run
+        self._prompt: dict | None = None  # weak references to the last prefill's inputs, for Lite's re-run
 
     def cache_kv(self, cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.layer_types[layer] != _FULL:
@@ -51,8 +69,17 @@ class Qwen3_5Adapter(QwenVLAdapter):
     # ---- Lite over a hybrid cache ------------------------------------------------------------------
 
     def prefill(self, inputs: dict):
-        self._prompt = inputs
+        self._prompt = {k: weakref.ref(v) if torch.is_tensor(v) else v for k, v in inputs.items()}
         return super().prefill(inputs)
+
+    def _last_prompt(self, input_ids: torch.Tensor) -> dict:
+        """The last prefill's inputs, if they are still alive and are this prompt's."""
+        refs = self._prompt or {}
+        prompt = {k: v() if isinstance(v, weakref.ref) else v for k, v in refs.items()}
+        gone = any(isinstance(v, weakref.ref) and prompt[k] is None for k, v in refs.items())
+        if gone or prompt.get("input_ids") is None or not torch.equal(prompt["input_ids"], input_ids):
+            raise ValueError("rerun_last_prompt_token needs the prefill of this same prompt first, its inputs still held")
+        return prompt
 
     def kv_layers(self) -> tuple[int, ...]:
         """The layers with a per-token key/value cache, the only ones Lite can prune."""
@@ -64,15 +91,16 @@ class Qwen3_5Adapter(QwenVLAdapter):
         The full-attention layers drop the token's entry; the linear-attention layers get their
         states from before it back, from the prompt without its last token run into a fresh cache
         (one more prompt forward, once per sample); then the token is fed again."""
-        prompt = self._prompt
-        if prompt is None or not torch.equal(prompt["input_ids"], input_ids):
-            raise ValueError("rerun_last_prompt_token needs the prefill of this same prompt first")
+        prompt = self._last_prompt(input_ids)
         positions = self._prompt_position_ids(prompt)[..., :-1]
         head = {k: v for k, v in prompt.items() if k not in ("input_ids", "second_per_grid_ts")}
         head["mm_token_type_ids"] = head["mm_token_type_ids"][:, :-1]
-        out = self.model(input_ids=input_ids[:, :-1], position_ids=positions, use_cache=True, logits_to_keep=1,
-                         return_dict=True, **head)
-        before = getattr(out, self.cache_key)
+        before = DynamicCache(config=self.model.config)
+        for layer in self.full_layers:
+            before.layers[layer] = _KeepNothingLayer()
+        self.model(input_ids=input_ids[:, :-1], position_ids=positions, use_cache=True, logits_to_keep=1,
+                   return_dict=True, **head, **{self.cache_key: before})
+        del prompt, head
         for layer, kind in enumerate(self.layer_types):
             if kind == _FULL:
                 keys, values = self.cache_kv(cache, layer)

@@ -10,16 +10,20 @@ controller's tail and the lm_head all meet on that device with no copy in the de
 each layer's cache lives where the layer does. Their size is taken off the main device's cap
 before accelerate places the rest, so the cap still holds.
 
-An explicit `device_map` (a dict of module name → device, accelerate's format) is used as given.
-Either way the controller calls the last layer, the final norm and the lm_head itself, outside
-accelerate's weight-loading hooks, so those must not be offloaded (`disk`, or `cpu` while GPUs
-run the model) and must share a device: `check_placement` says so in one line after loading.
+An explicit `device_map` (a dict of module name → device, accelerate's format) is used as given,
+once checked. Either way the controller calls the last layer, the final norm and the lm_head
+itself, outside accelerate's weight-loading hooks, and the generator puts the prompt, the
+switch's state and the sampler's generator on the token embedding's device, where the logits
+must arrive: so these four must hold real weights (not `disk`, nor `cpu` while GPUs run the
+model) on one device. A map that splits them is refused in one line before any weight is loaded
+(`check_device_map`; **ours**: refused, not moved, since a map given by hand is what its author
+measured to fit), and `check_placement` checks the loaded model the same way.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["plan_device_map", "check_placement", "controller_modules"]
+__all__ = ["plan_device_map", "check_device_map", "check_placement", "controller_modules"]
 
 _TEXT = "model.language_model"
 
@@ -89,18 +93,55 @@ def plan_device_map(config, dtype: torch.dtype, max_memory=None) -> dict:
     return device_map
 
 
-def check_placement(model: torch.nn.Module) -> None:
-    """ValueError (one line) unless the modules the controller calls directly (the last decoder
-    layer, the final norm, the lm_head) hold real weights, all on one device."""
-    text = model.get_submodule(_TEXT)
-    parts = ((f"the last decoder layer ({_TEXT}.layers.{len(text.layers) - 1})", text.layers[-1]),
-             (f"the final norm ({_TEXT}.norm)", text.norm), ("lm_head", model.lm_head))
-    devices = set()
-    for name, module in parts:
-        if any(p.device.type == "meta" for p in module.parameters()):
-            raise ValueError(f"{name} is offloaded by the device_map: the controller calls it directly, so keep it "
-                             "on a device (device_map auto does)")
-        devices |= {p.device for p in module.parameters()}
+def _named_parts(num_layers: int) -> list[tuple[str, str]]:
+    """(what, module name) of the modules that must share a device (see the module docstring)."""
+    last = f"{_TEXT}.layers.{num_layers - 1}"
+    return [(f"the token embedding ({_TEXT}.embed_tokens)", f"{_TEXT}.embed_tokens"),
+            (f"the last decoder layer ({last})", last), (f"the final norm ({_TEXT}.norm)", f"{_TEXT}.norm"),
+            ("lm_head", "lm_head")]
+
+
+def _refuse_split(placed: list[tuple[str, set[str]]]) -> None:
+    """ValueError (one line) unless every part is on exactly one real device, the same for all."""
+    for what, devices in placed:
+        if devices & {"disk", "meta"}:
+            raise ValueError(f"{what} is offloaded by the device_map: the controller and the generator use it "
+                             "directly, so keep it on a device (device_map auto does)")
+    devices = sorted(set().union(*(d for _, d in placed)))
     if len(devices) > 1:
-        raise ValueError(f"the last decoder layer, the final norm and lm_head are spread over {sorted(map(str, devices))}: "
-                         "the controller needs them on one device (device_map auto does)")
+        where = "; ".join(f"{what} on {', '.join(sorted(d))}" for what, d in placed)
+        raise ValueError(f"the device_map spreads over {devices} what must share one device: {where} "
+                         "(the prompt, sampler and logits meet there; device_map auto does this)")
+
+
+def _device_name(value) -> str:
+    """accelerate's device values (0, "cuda:1", "cpu", "disk", torch.device) as one spelling."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"cuda:{value}"
+    name = str(value)
+    return "cuda:0" if name == "cuda" else name
+
+
+def check_device_map(device_map: dict, num_layers: int) -> None:
+    """ValueError (one line) for an explicit map that offloads or splits the modules the
+    controller and generator use directly. A module is where its closest entry (its own or an
+    ancestor's) and every entry of a submodule put it; modules the map does not place are left to
+    transformers' own error."""
+    placed = []
+    for what, name in _named_parts(num_layers):
+        above = [k for k in device_map if k in ("", name) or name.startswith(k + ".")]
+        below = [k for k in device_map if k.startswith(name + ".")]
+        keys = below + ([max(above, key=len)] if above else [])
+        devices = {_device_name(device_map[k]) for k in keys}
+        if devices:
+            placed.append((what, devices))
+    if placed:
+        _refuse_split(placed)
+
+
+def check_placement(model: torch.nn.Module) -> None:
+    """ValueError (one line) unless the token embedding, the last decoder layer, the final norm and
+    the lm_head of a loaded model hold real weights, all on one device."""
+    num_layers = len(model.get_submodule(f"{_TEXT}.layers"))
+    _refuse_split([(what, {str(p.device) for p in model.get_submodule(name).parameters()})
+                   for what, name in _named_parts(num_layers)])

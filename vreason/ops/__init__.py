@@ -102,8 +102,11 @@ def vecmat(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     The backward of a linear layer for one token (`∂L/∂x = ∂L/∂y · W`). On CPU with a bf16 (or
     fp16) weight it reads W row by row into float32 accumulators, at memory bandwidth, where
     torch's matmul runs this orientation at about half speed and rounds to bf16; float32/float64
-    weights and CUDA use the BLAS product. Not differentiable (it is itself a backward product);
-    no first-use guard (no CUDA kernel of ours: cuBLAS computes it there).
+    weights use the BLAS product. On CUDA a bf16/fp16 weight goes through cuBLAS in its dtype with
+    g split into two parts of that dtype and float32 output, never rounding g or the result
+    (`torch.ops.vreason.vecmat_split`, the same composition on any device: the tests and `vreason
+    doctor` run it on the CPU). Not differentiable (it is itself a backward product); no
+    first-use guard (no CUDA kernel of ours: cuBLAS computes it there).
     """
     return torch.ops.vreason.vecmat.default(g, weight)
 
