@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import logging
 import time
-import zlib
 from typing import Any, Optional
 
 import torch
@@ -24,13 +23,10 @@ from lightning.pytorch import LightningModule
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.metrics import EvalMetrics
 from vreason.batch_predict import BatchPrediction
+from vreason.records import TRACE_DECIMALS, result_fields  # noqa: F401  (TRACE_DECIMALS: the package face)
 from vreason.run_settings import plain
 
 log = logging.getLogger(__name__)
-
-# Traces are stored with this many decimals: enough for plots and statistics, and a record of
-# 1,024 tokens stays a few tens of kB of JSON.
-TRACE_DECIMALS = 5
 
 
 def _one_line(exc: BaseException) -> str:
@@ -207,11 +203,8 @@ class VReasonModule(BatchPrediction, LightningModule):
         return self._predict_item(retry)
 
     def _sample_seed(self, key: str) -> Optional[int]:
-        # With sampling, each sample draws from its own stream, fixed by the run's seed and the
-        # sample's key: the same output whatever the order, the shard or a resume.
-        if not self.decode.do_sample:
-            return None
-        return (self.decode.seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
+        # The same output whatever the order, the shard or a resume (`DecodeConfig.seed_for`).
+        return self.decode.seed_for(key)
 
     def _synchronize(self) -> None:
         # Latency is wall time of the sample's generation, so queued GPU work must be finished.
@@ -222,14 +215,7 @@ class VReasonModule(BatchPrediction, LightningModule):
         from vreason.scoring import extract_answer, score, think_process
 
         reward = 0.0 if error else float(score(output, sample.solution, sample.problem_type))
-
-        def trace(name: str, cast=float) -> list:
-            values = getattr(result, name, None) if result is not None else None
-            if values is None:
-                return []
-            values = values.tolist() if torch.is_tensor(values) else list(values)
-            return [round(float(v), TRACE_DECIMALS) for v in values] if cast is float else [int(cast(v)) for v in values]
-
+        fields = result_fields(result)
         return {
             "key": sample.key,
             "benchmark": sample.benchmark,
@@ -244,22 +230,10 @@ class VReasonModule(BatchPrediction, LightningModule):
             "process": think_process(output),
             "error": error,
             "mode": self.controller.mode,
-            "num_new_tokens": int(getattr(result, "num_new_tokens", 0) or 0),
-            "prompt_length": int(getattr(result, "prompt_length", 0) or 0),
-            "num_video_tokens": int(getattr(result, "num_video_tokens", 0) or 0),
-            "num_video_tokens_kept": int(getattr(result, "num_video_tokens_kept", 0) or 0),
-            "lite_layers": int(getattr(result, "lite_layers", 0) or 0),
-            "num_layers": int(getattr(result, "num_layers", 0) or 0),
-            "skipped_rounds": int(getattr(result, "skipped_rounds", 0) or 0),
-            "stop_reason": getattr(result, "stop_reason", None),
+            **fields,
             "latency_s": round(latency, 6),
-            "tokens_per_s": round(int(getattr(result, "num_new_tokens", 0) or 0) / latency, 3) if latency > 0 else None,
+            "tokens_per_s": round(fields["num_new_tokens"] / latency, 3) if latency > 0 else None,
             "rank": self.global_rank,
-            "entropy": trace("entropy"),
-            "entropy_after": trace("entropy_after"),
-            "ema": trace("ema"),
-            "alpha": trace("alpha", int),
-            "updated": trace("updated", bool),
         }
 
     def _error_record(self, sample, error: str) -> dict:
