@@ -218,6 +218,17 @@ def test_a_stop_string_gives_the_generation_that_stopped_there(lmm, predicted):
     assert stop in at_n.text and at_n.text.startswith(cut.text) and stop not in before.text
 
 
+@pytest.mark.slow
+def test_sampled_repeats_draw_their_own_seeds_and_runs_repeat(lmm):
+    """lmms-eval's `--repeats` passes the same request k times: each repeat samples from its own
+    seed (else k identical answers), and a second run draws the same answers again."""
+    sampled = {"max_new_tokens": MAX_NEW, "do_sample": True, "temperature": 1.0, "until": []}
+    requests = [r for doc in range(LIMIT) for r in [_request(doc, sampled)] * 2]
+    first = [a.text for a in lmm.generate_until(requests)]
+    assert first[:4] == [a.text for a in lmm.generate_until(requests[:4])]
+    assert any(first[2 * doc] != first[2 * doc + 1] for doc in range(LIMIT))
+
+
 def test_stops_on_hand_computed_tokens():
     from vreason.lmms_eval.stops import apply_stops
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from vreason.config import ControllerConfig, DecodeConfig, VideoConfig
 from vreason.data.items import for_decoded_frames, model_inputs, one_line
+from vreason.generation import VReasonGenerator
 from vreason.lmms_eval.requests import plan_batches, project_chat
 from vreason.lmms_eval.settings import decode_settings, settings_key, video_settings
 from vreason.lmms_eval.stops import apply_stops, tokens_until
@@ -47,7 +48,8 @@ class VReason(lmms):
     256·28·28 pixels), `video_reader`, `video_timeout`, `frame_cache`; decoding defaults a request
     may override (`max_new_tokens`, `seed`, `repetition_penalty`); `dtype`, `device`,
     `device_map`, `max_memory`; `system_prompt`; `trace_dir` (per-sample traces, `traces.py`);
-    `max_seconds_per_sample`."""
+    `max_seconds_per_sample`. lmms-eval adds `batch_size` (`--batch_size`) and `max_batch_size`
+    (unused: batches are `batch_size` requests)."""
 
     is_simple = False
 
@@ -67,7 +69,7 @@ class VReason(lmms):
             raise ValueError(f"vreason: unknown model_args {', '.join(sorted(unknown))}")
         if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ValueError(f"vreason: batch_size must be a positive integer, got {batch_size!r}")
-        from vreason import VReasonGenerator, load_model
+        from vreason import load_model
 
         self.controller = ControllerConfig(mode=mode, every_k=int(every_k), steps=int(steps), lr=float(lr),
                                            ema_beta=float(ema_beta), prune_ratio=float(prune_ratio))
@@ -85,9 +87,8 @@ class VReason(lmms):
         self.processor = for_decoded_frames(processor)
         self._batch_size = int(batch_size)
         self.system_prompt = self._resolve_system_prompt(system_prompt) if system_prompt else None
-        self._make_generator = lambda decode: VReasonGenerator(self._model, controller=self.controller, decode=decode,
-                                                               max_seconds=max_seconds_per_sample)
-        self._generators: dict[tuple, Any] = {}
+        self._max_seconds = None if max_seconds_per_sample is None else float(max_seconds_per_sample)
+        self._generators: dict[tuple, VReasonGenerator] = {}
         self._traces = TraceFile(trace_dir)
         self._ignored: set[str] = set()
 
@@ -115,13 +116,14 @@ class VReason(lmms):
         settings = [self._settings(request.args[2]) for request in requests]
         keys = [settings_key(decode, until) for decode, until in settings]
         order = [(str(r.args[4]), str(r.args[5]), _sortable(r.args[3])) for r in requests]
+        names = _sample_names(requests)
         answers: list[Optional[GenerationResult]] = [None] * len(requests)
         records: list[dict] = []
         elapsed = 0.0
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="V-Reason responding")
         for batch in plan_batches(keys, order, self.batch_size):
             start = time.perf_counter()
-            done = self._run_batch([requests[i] for i in batch], *settings[batch[0]])
+            done = self._run_batch([requests[i] for i in batch], [names[i] for i in batch], *settings[batch[0]])
             elapsed += time.perf_counter() - start
             for i, (answer, record) in zip(batch, done):
                 answers[i] = answer
@@ -143,8 +145,9 @@ class VReason(lmms):
             self._ignored |= new
         return decode, until
 
-    def _run_batch(self, requests: list, decode: DecodeConfig, until: list[str]) -> list[tuple]:
-        """The batch's requests decoded together; one `(answer, trace)` per request, in order."""
+    def _run_batch(self, requests: list, names: list[str], decode: DecodeConfig, until: list[str]) -> list[tuple]:
+        """The batch's requests decoded together; one `(answer, trace)` per request, in order.
+        `names` key each request's sampling seed (`DecodeConfig.seed_for`)."""
         inputs, errors = [], []
         for request in requests:
             try:
@@ -154,7 +157,7 @@ class VReason(lmms):
                 inputs.append(None)
                 errors.append(one_line(exc))
         ready = [j for j, x in enumerate(inputs) if x is not None]
-        seeds = [decode.seed_for(f"{requests[j].args[4]}/{requests[j].args[3]}") for j in ready]
+        seeds = [decode.seed_for(names[j]) for j in ready]
         self._synchronize()
         start = time.perf_counter()
         results = self._generate(self._generator(decode), [inputs[j] for j in ready], seeds)
@@ -173,10 +176,12 @@ class VReason(lmms):
         device = self._model.get_input_embeddings().weight.device  # also under a device_map
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
 
-    def _generator(self, decode: DecodeConfig):
+    def _generator(self, decode: DecodeConfig) -> VReasonGenerator:
+        """One generator per decoding setting (the model and controller are shared)."""
         key = settings_key(decode, [])
         if key not in self._generators:
-            self._generators[key] = self._make_generator(decode)
+            self._generators[key] = VReasonGenerator(self._model, controller=self.controller, decode=decode,
+                                                     max_seconds=self._max_seconds)
         return self._generators[key]
 
     @staticmethod
@@ -231,6 +236,19 @@ def _device(device: Optional[str], world_size: int) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sample_names(requests: list) -> list[str]:
+    """`task/doc_id`, and for lmms-eval's repeats of a request (`--repeats`, the same request k
+    times) `task/doc_id#k` from the second on: each repeat samples from its own seed."""
+    seen: dict[str, int] = {}
+    names = []
+    for request in requests:
+        name = f"{request.args[4]}/{request.args[3]}"
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        names.append(name if k == 0 else f"{name}#{k}")
+    return names
 
 
 def _sortable(doc_id: Any) -> tuple:
