@@ -15,11 +15,12 @@ setup: $(VENV)/.installed
 
 # torch/torchvision first and pinned: an unpinned resolve would fetch a newer multi-GB build.
 # --no-build-isolation builds the extension against that torch, not a freshly resolved one.
+# The `lmms` extra (lmms-eval) too, so that its tests run (README, "lmms-eval").
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel ninja
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	$(BIN)/pip install -q --no-build-isolation -e ".[test,lmms]"
 	touch $@
 
 demo: setup

@@ -16,7 +16,7 @@ from vreason.cli import main
 from vreason.data.datamodule import BenchmarkDataModule
 from vreason.data.synthetic import write_synthetic_benchmark
 from vreason.models.tiny import build_tiny_model
-from vreason.predict import TRACE_DECIMALS
+from vreason.records import TRACE_DECIMALS
 
 MAX_NEW = 12
 MAX_PIXELS = 64 * 28 * 28

@@ -10,7 +10,6 @@ from vreason.data.datamodule import BenchmarkDataModule
 from vreason.data.synthetic import write_synthetic_benchmark
 from vreason.models.tiny import build_tiny_model
 from vreason.module import VReasonModule
-from vreason.predict import sample_seed
 from vreason.scoring import ERROR_OUTPUT, extract_answer, score
 
 N_GOOD = 4
@@ -145,7 +144,7 @@ def test_switch_runs_under_a_trainer_left_in_inference_mode(assets, tmp_path):
 
 def test_sampling_seeds_differ_per_sample_and_do_not_depend_on_order():
     sampled = DecodeConfig(do_sample=True, seed=7)
-    assert sample_seed(sampled, "Synthetic/0") == sample_seed(sampled, "Synthetic/0")
-    assert sample_seed(sampled, "Synthetic/0") != sample_seed(sampled, "Synthetic/1")
-    assert sample_seed(DecodeConfig(do_sample=True, seed=8), "Synthetic/0") != sample_seed(sampled, "Synthetic/0")
-    assert sample_seed(DecodeConfig(), "Synthetic/0") is None  # greedy: no seed needed
+    assert sampled.seed_for("Synthetic/0") == sampled.seed_for("Synthetic/0")
+    assert sampled.seed_for("Synthetic/0") != sampled.seed_for("Synthetic/1")
+    assert DecodeConfig(do_sample=True, seed=8).seed_for("Synthetic/0") != sampled.seed_for("Synthetic/0")
+    assert DecodeConfig().seed_for("Synthetic/0") is None  # greedy: no seed needed

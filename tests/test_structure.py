@@ -99,3 +99,20 @@ def test_every_referenced_document_is_in_the_repository():
         assert not re.search(r"\b(METHOD|DESIGN|PROTOCOL)\.md\b", text), f"{path} cites a document the repo does not hold"
         missing |= {(str(path.relative_to(REPO)), ref) for ref in pattern.findall(text) if not (REPO / ref).is_file()}
     assert missing == set()
+
+
+def test_lmms_eval_stays_optional():
+    """`import vreason` never needs lmms-eval (the `lmms` extra): only the lmms-eval model's own
+    entry-point files import it, and nothing outside `vreason/lmms_eval/` imports those."""
+    graph = _import_graph()
+    importers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "lmms_eval" or n.startswith("lmms_eval.") for n in names):
+                importers.add(_module_name(path))
+    assert importers == {"vreason.lmms_eval.model", "vreason.lmms_eval.manifest"}
+    outside = {m for m, targets in graph.items() if not m.startswith("vreason.lmms_eval")
+               and any(t.startswith("vreason.lmms_eval") for t in targets)}
+    assert outside == set()

@@ -5,6 +5,7 @@ They are plain dataclasses so that LightningCLI turns their fields into flags
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
@@ -98,6 +99,14 @@ class DecodeConfig:
             raise ValueError(f"decode.min_p must be in [0, 1), got {self.min_p}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"decode.repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    def seed_for(self, key: str) -> Optional[int]:
+        """The sampling seed of the sample named `key` (None when greedy): each sample draws from
+        its own stream, fixed by `seed` and the key, so its output does not depend on the order,
+        the shard or the batch it runs in (`vreason predict` and the lmms-eval model alike)."""
+        if not self.do_sample:
+            return None
+        return (self.seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
 
 
 @dataclass

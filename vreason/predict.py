@@ -27,22 +27,17 @@ from __future__ import annotations
 import gc
 import logging
 import time
-import zlib
 from typing import Any, Callable, Optional
 
 import torch
 
 from vreason.data.items import one_line, prepare_item, video_record_fields
-from vreason.records import Record
+from vreason.records import Record, result_fields
 from vreason.scoring import ERROR_OUTPUT, extract_answer, score, think_process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FatalAcceleratorError", "Predictor", "is_fatal", "is_out_of_memory", "sample_seed"]
-
-# Traces are stored with this many decimals: enough for plots and statistics, and a record of
-# 1,024 tokens stays a few tens of kB of JSON.
-TRACE_DECIMALS = 5
+__all__ = ["FatalAcceleratorError", "Predictor", "is_fatal", "is_out_of_memory"]
 
 # **ours**: allocator failures that are not `torch.OutOfMemoryError` but mean the same thing,
 # as their messages say them: a CUDA call that could not allocate (`cudaErrorMemoryAllocation`,
@@ -91,15 +86,6 @@ def _stop(where: str, exc: BaseException) -> FatalAcceleratorError:
     return FatalAcceleratorError(
         f"sample {where}: {one_line(exc)}; the accelerator cannot run more samples in this process, so the run "
         "stops here. The records finished so far are kept: run the same command again to resume")
-
-
-def sample_seed(decode, key: str) -> Optional[int]:
-    """With sampling, each sample draws from its own stream, fixed by the run's seed and the
-    sample's key: the same output whatever the order, the shard, the batch or a resume. None
-    with greedy decoding."""
-    if not decode.do_sample:
-        return None
-    return (decode.seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
 
 
 def _ordinary(value):
@@ -200,7 +186,7 @@ class Predictor:
         # The controller needs autograd, which a Trainer left in inference mode forbids.
         with torch.inference_mode(False):
             inputs = [{k: _ordinary(v) for k, v in item["inputs"].items()} for item in items]
-            seeds = [sample_seed(self.decode, sample.key) for sample in samples]
+            seeds = [self.decode.seed_for(sample.key) for sample in samples]
             self.synchronize()
             start = time.perf_counter()
             results = self.generator.generate_samples(inputs, seeds=seeds)
@@ -218,28 +204,14 @@ class Predictor:
         sample = item["sample"]
         reward = 0.0 if error else float(score(output, sample.solution, sample.problem_type))
 
-        def count(name: str) -> int:
-            return int(getattr(result, name, 0) or 0)
-
-        def trace(name: str, cast=float) -> list:
-            values = getattr(result, name, None) if result is not None else None
-            if values is None:
-                return []
-            values = values.tolist() if torch.is_tensor(values) else list(values)
-            return [round(float(v), TRACE_DECIMALS) for v in values] if cast is float else [int(cast(v)) for v in values]
-
+        fields = result_fields(result)
         return Record(
             **video_record_fields(item),
             key=sample.key, benchmark=sample.benchmark, index=sample.index, problem_type=sample.problem_type,
             entry=sample.entry, output=output, prediction=extract_answer(output), solution=sample.solution,
             reward=reward, correct=reward == 1.0, process=think_process(output), error=error, mode=self.mode,
-            num_new_tokens=count("num_new_tokens"), prompt_length=count("prompt_length"),
-            num_video_tokens=count("num_video_tokens"), num_video_tokens_kept=count("num_video_tokens_kept"),
-            lite_layers=count("lite_layers"), num_layers=count("num_layers"), skipped_rounds=count("skipped_rounds"),
-            stop_reason=getattr(result, "stop_reason", None), latency_s=round(latency, 6),
-            tokens_per_s=round(count("num_new_tokens") / latency, 3) if latency > 0 else None, rank=self.rank,
-            entropy=trace("entropy"), entropy_after=trace("entropy_after"), ema=trace("ema"),
-            alpha=trace("alpha", int), updated=trace("updated", bool),
+            **fields, latency_s=round(latency, 6),
+            tokens_per_s=round(fields["num_new_tokens"] / latency, 3) if latency > 0 else None, rank=self.rank,
         )
 
     def error_record(self, item: dict, error: str) -> Record:

@@ -116,6 +116,38 @@ _NOT_NULL = frozenset({"entry", "output", "reward", "correct", "num_new_tokens",
                        "entropy", "entropy_after", "ema", "alpha", "updated"})
 
 
+# Traces are stored with this many decimals: enough for plots and statistics, and a record of
+# 1,024 tokens stays a few tens of kB of JSON.
+TRACE_DECIMALS = 5
+
+
+def result_fields(result: Any = None) -> dict[str, Any]:
+    """What a record holds of one `GenerationResult` (None: a sample that did not generate): its
+    token counts, stop reason, Lite and guard counts, and the per-token traces of entropy, EMA, α
+    and rounds as plain lists (`vreason predict`'s records and the lmms-eval model's traces)."""
+
+    def count(name: str) -> int:
+        return int(getattr(result, name, 0) or 0)
+
+    def trace(name: str, cast=float) -> list:
+        values = getattr(result, name, None) if result is not None else None
+        if values is None:
+            return []
+        values = values.tolist() if hasattr(values, "tolist") else list(values)
+        return [round(float(v), TRACE_DECIMALS) for v in values] if cast is float else [int(cast(v)) for v in values]
+
+    return {
+        **{name: count(name) for name in ("num_new_tokens", "prompt_length", "num_video_tokens",
+                                          "num_video_tokens_kept", "lite_layers", "num_layers", "skipped_rounds")},
+        "stop_reason": getattr(result, "stop_reason", None),
+        "entropy": trace("entropy"),
+        "entropy_after": trace("entropy_after"),
+        "ema": trace("ema"),
+        "alpha": trace("alpha", int),
+        "updated": trace("updated", bool),
+    }
+
+
 def safe_name(benchmark: str) -> str:
     """A benchmark name usable in a file name."""
     return re.sub(r"[^0-9A-Za-z._+-]", "_", benchmark) or "_"

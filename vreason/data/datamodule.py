@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from vreason.config import VideoConfig
 from vreason.data.benchmark import Sample, load_benchmark
 from vreason.data.frame_cache import FrameCache
-from vreason.data.items import PADDING, build_messages, prepare_item  # noqa: F401  (the package face)
+from vreason.data.items import PADDING, build_messages, for_decoded_frames, prepare_item  # noqa: F401  (the package face)
 
 # The flat CLI keys' defaults are VideoConfig's own, read from it rather than written again.
 _VIDEO = VideoConfig()
@@ -136,14 +136,9 @@ class BenchmarkDataModule(L.LightningDataModule):
         return self.video
 
     def connect(self, processor: Any) -> None:
-        """Use the model's processor (loaded once, with the model) instead of loading another.
-
-        Frames arrive sized by `load_video`, which applies the reference's per-frame cap already,
-        so the video processor's own cap is turned off on it (its other uses are unaffected)."""
-        video_processor = getattr(processor, "video_processor", None)
-        if video_processor is not None and hasattr(video_processor, "cap_pixels_per_frame"):
-            video_processor.cap_pixels_per_frame = False
-        self._processor = processor
+        """Use the model's processor (loaded once, with the model) instead of loading another,
+        set up for frames `load_video` decoded (`for_decoded_frames`)."""
+        self._processor = for_decoded_frames(processor)
 
     def run_settings(self) -> dict[str, Any]:
         """What of the data determines the records, as plain values (the writer's resume key and

@@ -1,5 +1,6 @@
 """One sample to processor-ready model inputs: the item `BenchmarkDataset` yields, and what the
-module's out-of-memory retry asks for again with fewer frames (`prepare_item`).
+module's out-of-memory retry asks for again with fewer frames (`prepare_item`); `model_inputs` is
+the same path for any chat with its media (the lmms-eval model, `vreason/lmms_eval/`).
 
 Videos are decoded by `load_video` (sampling and resizing the Qwen way), then handed to the
 model's processor as they are: `do_sample_frames=False`, and `do_resize=False` where the
@@ -44,17 +45,10 @@ def prepare_item(sample: Sample, processor: Any, video: VideoConfig) -> dict[str
     if sample.error:
         return item
     try:
-        text = processor.apply_chat_template(build_messages(sample), tokenize=False, add_generation_prompt=True)
-        if sample.data_type == "image":
-            inputs = _image_inputs(processor, text, sample.media_path, video)
-        else:
-            frames, meta = load_video(sample.media_path, video)
-            item["meta"] = meta
-            inputs = processor(
-                text=[text], videos=[frames], video_metadata=[{k: meta[k] for k in _METADATA_FIELDS}],
-                do_sample_frames=False, do_resize=not sized_for(processor), return_tensors="pt",
-            )
-        item["inputs"] = dict(inputs)
+        media = "image" if sample.data_type == "image" else "video"
+        inputs, metas = model_inputs(processor, build_messages(sample), [(media, sample.media_path)], video)
+        item["meta"] = metas[0] if metas else None
+        item["inputs"] = inputs
     except VideoError as exc:
         item["error"] = str(exc)
     except Exception as exc:  # a failing sample must not stop the run; its reason is kept
@@ -62,16 +56,56 @@ def prepare_item(sample: Sample, processor: Any, video: VideoConfig) -> dict[str
     return item
 
 
-def _image_inputs(processor: Any, text: str, path: str, video: VideoConfig) -> Any:
-    """An image sized like qwen-vl-utils' `fetch_image` (PIL bicubic to Qwen's smart size)."""
+def model_inputs(processor: Any, messages: list[dict[str, Any]], media: list[tuple[str, Any]],
+                 video: VideoConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The processor's inputs for a chat whose `{"type": "video"}` / `{"type": "image"}` entries
+    are `media`, in order: `("video", path)` read by `load_video`, `("image", path or PIL image)`
+    sized by `sized_image`. Returns the inputs and each video's `load_video` meta. Raises
+    `VideoError` (or whatever the processor raises) for the caller to turn into a reason."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    frames, metas, images = [], [], []
+    for kind, source in media:
+        if kind == "video":
+            clip, meta = load_video(source, video)
+            frames.append(clip)
+            metas.append(meta)
+        elif kind == "image":
+            images.append(sized_image(source, video))
+        else:
+            raise ValueError(f"unsupported medium {kind!r} (video or image)")
+    kwargs: dict[str, Any] = {}
+    if images:
+        kwargs["images"] = images
+    if frames:
+        kwargs.update(videos=frames, video_metadata=[{k: m[k] for k in _METADATA_FIELDS} for m in metas],
+                      do_sample_frames=False)
+    inputs = processor(text=[text], do_resize=not sized_for(processor), return_tensors="pt", **kwargs)
+    return dict(inputs), metas
+
+
+def sized_image(image: Any, video: VideoConfig) -> Any:
+    """An image (a path or a PIL image) sized like qwen-vl-utils' `fetch_image`: RGB, PIL bicubic
+    to Qwen's smart size within the pixel bounds."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    if isinstance(image, Image.Image):
         image = image.convert("RGB")
+    else:
+        with Image.open(image) as opened:
+            image = opened.convert("RGB")
     width, height = image.size
     h, w = smart_resize(height, width, IMAGE_FACTOR, video.min_pixels, video.max_pixels)
-    image = image.resize((w, h), Image.BICUBIC)
-    return processor(text=[text], images=[image], do_resize=not sized_for(processor), return_tensors="pt")
+    return image.resize((w, h), Image.BICUBIC)
+
+
+def for_decoded_frames(processor: Any) -> Any:
+    """The processor set up for frames decoded by `load_video`, which applies the reference's
+    per-frame cap already: the video processor's own cap is turned off (its other uses are
+    unaffected). Returns the processor."""
+    video_processor = getattr(processor, "video_processor", None)
+    if video_processor is not None and hasattr(video_processor, "cap_pixels_per_frame"):
+        video_processor.cap_pixels_per_frame = False
+    return processor
 
 
 def sized_for(processor: Any) -> bool:
