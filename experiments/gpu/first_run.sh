@@ -88,7 +88,7 @@ step "CUDA-marked tests (tests/test_cuda.py, tests/test_ops.py -k cuda)" 150 \
 step "sync-debug generation (off vs switch, syncs per token)" 60 "$PY" experiments/gpu/sync_debug.py
 if [ "$DEVICE" = cuda ]; then
   step "ops benchmark (--device cuda)" 60 "$PY" experiments/bench/ops.py --device cuda --repeats 20
-  step "generation benchmark (--device cuda)" 150 "$PY" experiments/bench/generation.py --device cuda --new-tokens 32
+  step "generation benchmark (--device cuda)" 180 "$PY" experiments/bench/generation.py --device cuda --new-tokens 32
 else
   step "ops benchmark (cpu, 3 repeats)" 120 "$PY" experiments/bench/ops.py --device cpu --repeats 3
   step "generation benchmark (cpu, shortened: 4 tokens, 2 frames of 112 px)" 300 \
