@@ -60,6 +60,8 @@ class DecodeConfig:
     the prompt or the output are divided by it when positive, multiplied when negative) applies
     before them, greedy included; 1.0 turns it off. Real Qwen2.5-VL checkpoints ship 1.05 in their
     generation config, which `model.generate` applies by default: set it here for parity.
+    `nowait`: the NoWait baseline (`vreason/nowait.py`): tokens that would write a reflection word
+    ("wait", "hmm", ...) are never chosen; it combines with every controller mode.
     """
 
     max_new_tokens: int = 1024
@@ -70,6 +72,7 @@ class DecodeConfig:
     min_p: float = 0.0
     seed: int = 0
     repetition_penalty: float = 1.0
+    nowait: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

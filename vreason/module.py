@@ -94,7 +94,7 @@ class VReasonModule(BatchPrediction, LightningModule):
         # Called once per process, on the process's device; a second predict call reuses the model.
         if self._hf_model is not None:
             return
-        from vreason import VReasonGenerator, load_model
+        from vreason import VReasonGenerator, load_model, nowait
 
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
         if self.device_map is not None and self._trainer is not None and self.trainer.num_devices > 1:
@@ -108,8 +108,10 @@ class VReasonModule(BatchPrediction, LightningModule):
         connect = getattr(self._trainer.datamodule, "connect", None) if self._trainer is not None else None
         if callable(connect):
             connect(processor)
+        extra = [nowait.NoWaitLogitsProcessor(processor.tokenizer)] if self.decode.nowait else None
         object.__setattr__(self, "_generator", VReasonGenerator(model, controller=self.controller, decode=self.decode,
-                                                                   max_seconds=self.max_seconds_per_sample))
+                                                                   max_seconds=self.max_seconds_per_sample,
+                                                                   logits_processors=extra))
 
     def run_settings(self) -> dict[str, Any]:
         """What of the module determines its records: the model folder, dtype, controller and
