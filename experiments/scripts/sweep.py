@@ -84,7 +84,7 @@ def name(run: dict) -> str:
     return f"{run['mode']}{knobs}-{run['decoding']}"
 
 
-def predict(root: Path, bench: Path, run: dict, model: str, max_new_tokens: int) -> Path:
+def predict(root: Path, bench: Path, run: dict, model: str, max_new_tokens: int, batch_size: int) -> Path:
     from vreason.cli import main
 
     out = root / "runs" / name(run)
@@ -92,11 +92,13 @@ def predict(root: Path, bench: Path, run: dict, model: str, max_new_tokens: int)
         return out
     controller, prune = MODES[run["mode"]]
     sample = run["decoding"].startswith("sampled")
-    args = ["predict", "--model.model_path", model, "--data.files", json.dumps([str(bench)]), "--data.num_frames", "4",
+    nowait = run["decoding"].endswith("+nowait")
+    args = ["predict", "--model.model_path", model, "--data.files", json.dumps([str(bench)]),
+            "--data.num_frames", "4", "--data.batch_size", str(batch_size),
             "--model.controller.mode", controller, "--model.controller.prune_ratio", str(prune),
             "--model.decode.max_new_tokens", str(max_new_tokens), "--model.decode.do_sample", str(sample).lower(),
-            "--model.decode.seed", "0", "--model.decode.nowait", str(run["decoding"].endswith("+nowait")).lower(),
-            "--model.plot_samples", "0", "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false"]
+            "--model.decode.seed", "0", "--model.decode.nowait", str(nowait).lower(), "--model.plot_samples", "0",
+            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false"]
     if run["mode"] != "off":
         args += ["--model.controller.lr", str(run["lr"]), "--model.controller.steps", str(run["steps"]),
                  "--model.controller.every_k", str(run["every_k"])]
@@ -191,6 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--decodings", nargs="+", default=["greedy"],
                         choices=["greedy", "sampled", "greedy+nowait", "sampled+nowait"])
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16, help="samples decoded together (rows are independent)")
     parser.add_argument("--threads", type=int, default=1)
     opts = parser.parse_args(argv)
     import torch
@@ -202,7 +205,7 @@ def main(argv=None) -> int:
     root = Path(opts.out)
     bench, _ = write_sets(root, opts.n, opts.seed)
     runs = plan(opts)
-    done = {name(run): records(predict(root, bench, run, model, opts.max_new_tokens)) for run in runs}
+    done = {name(run): records(predict(root, bench, run, model, opts.max_new_tokens, opts.batch_size)) for run in runs}
     rows = []
     for run in runs:
         base = f"off-{run['decoding'].split('+')[0]}"
