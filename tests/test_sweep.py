@@ -53,3 +53,6 @@ def test_two_by_two_grid_end_to_end(tmp_path, sweep):
         assert row["tokens"][0] == pytest.approx(np.mean([r["num_new_tokens"] for r in recs]))
         mc = [r for r in recs if r["problem_type"] == "multiple choice"]
         assert row["mc"][0] == pytest.approx(np.mean([bool(r["correct"]) for r in mc]))
+    # Tabulating the folder's finished runs alone gives the same table back.
+    assert sweep.main(["--out", str(tmp_path), "--table-only", "--n", "4", "--seed", "3"]) == 0
+    assert json.loads((tmp_path / "sweep.json").read_text()) == rows

@@ -10,7 +10,7 @@ is greedy or sampled (temperature 1, seed 0), with "+nowait" for the NoWait base
 (`vreason/nowait.py`); off with nowait is NoWait itself, switch with nowait is V-Reason + NoWait.
 Off runs once per decoding (lr, steps and every_k do not apply). Each run goes through the real
 `vreason predict` path and is skipped when its summary exists, so a sweep can be stopped and
-resumed. Writes `<out>/sweep.md` (the table), `<out>/sweep.json` and `<out>/sweep-vs-lr.png`.
+resumed; `--table-only` tabulates every finished run in the folder (several grids, one table). Writes `<out>/sweep.md` (the table), `<out>/sweep.json` and `<out>/sweep-vs-lr.png`.
 
 Columns: accuracy per question type with a 95% interval (Wilson for multiple choice and count;
 mean ± 1.96 standard errors for distance MRA), mean output tokens (± 1.96 SE), reflections per
@@ -82,6 +82,24 @@ def plan(opts) -> list[dict]:
 def name(run: dict) -> str:
     knobs = "" if run["mode"] == "off" else f"-lr{run['lr']:g}-s{run['steps']}-k{run['every_k']}"
     return f"{run['mode']}{knobs}-{run['decoding']}"
+
+
+def finished(root: Path) -> list[dict]:
+    """Every finished run under `<out>/runs`, read back from its summary: several sweeps into one
+    folder (each a product of its own lists) tabulate as one."""
+    found = []
+    for summary in sorted((root / "runs").glob("*/summary.json")):
+        info = json.loads(summary.read_text())
+        c, d = info["controller"], info["decode"]
+        mode = "lite" if c["prune_ratio"] > 0 else c["mode"]
+        decoding = ("sampled" if d["do_sample"] else "greedy") + ("+nowait" if d.get("nowait") else "")
+        run = dict(mode=mode, lr=None, steps=None, every_k=None, decoding=decoding)
+        if mode != "off":
+            run.update(lr=c["lr"], steps=c["steps"], every_k=c["every_k"])
+        if name(run) == summary.parent.name:
+            found.append(run)
+    order = {m: i for i, m in enumerate(MODES)}
+    return sorted(found, key=lambda r: (r["decoding"], order[r["mode"]], r["lr"] or 0, r["steps"] or 0, r["every_k"] or 0))
 
 
 def predict(root: Path, bench: Path, run: dict, model: str, max_new_tokens: int, batch_size: int) -> Path:
@@ -195,6 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16, help="samples decoded together (rows are independent)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table-only", action="store_true", help="run nothing: tabulate every finished run in --out")
     opts = parser.parse_args(argv)
     import torch
 
@@ -204,8 +223,9 @@ def main(argv=None) -> int:
     model = str(trained_path(opts.model)) if opts.model in ("default", "overthink") else opts.model
     root = Path(opts.out)
     bench, _ = write_sets(root, opts.n, opts.seed)
-    runs = plan(opts)
-    done = {name(run): records(predict(root, bench, run, model, opts.max_new_tokens, opts.batch_size)) for run in runs}
+    runs = finished(root) if opts.table_only else plan(opts)
+    done = {name(run): records(root / "runs" / name(run) if opts.table_only else
+                               predict(root, bench, run, model, opts.max_new_tokens, opts.batch_size)) for run in runs}
     rows = []
     for run in runs:
         base = f"off-{run['decoding'].split('+')[0]}"
