@@ -27,7 +27,7 @@ USAGE = """usage: vreason {predict,demo,synth,train-tiny,doctor} ...
         (+ minimize, maximize)
   vreason synth --out DIR [--n N] [--seed S] [--with-errors]
         write a synthetic benchmark (videos + eval_Synthetic.json) of the kind the trained tiny model learned
-  vreason train-tiny --out DIR [--seed S] [--steps N]
+  vreason train-tiny --out DIR [--seed S] [--steps N] [--recipe default|overthink]
         train the tiny model on synthetic questions with chains of thought (CPU, TensorBoard loss curves)
   vreason doctor [--device cpu|cuda]
         print the environment and check the compiled ops and a tiny model on this machine (run it first on a GPU)
