@@ -78,20 +78,24 @@ def test_sampler_applies_processors_to_its_own_ids():
 
 @pytest.mark.slow
 def test_predict_with_nowait_writes_no_listed_word(tmp_path):
+    """The over-thinking model reflects under greedy decoding; with NoWait no output holds a listed
+    word, decoded as a batch (greedy: the batch's own argmax path) and one sample at a time (sampled)."""
     from vreason.cli import main
     from vreason.data.synthetic import TRAINED_CLIPS, write_synthetic_benchmark
     from vreason.records import read_predictions
 
     bench = write_synthetic_benchmark(tmp_path / "data", n=8, seed=3, **TRAINED_CLIPS)
     outputs = {}
-    for nowait in ("false", "true"):
-        out = tmp_path / f"nowait-{nowait}"
-        code = main(["predict", "--model.model_path", str(trained_path()), "--data.files", json.dumps([str(bench)]),
-                     "--data.num_frames", "4", "--model.controller.mode", "switch", "--model.decode.do_sample", "true",
-                     "--model.decode.nowait", nowait, "--model.decode.max_new_tokens", "160",
+    for nowait, sample, batch in (("false", "false", 4), ("true", "false", 4), ("true", "true", 1)):
+        out = tmp_path / f"nowait-{nowait}-{sample}"
+        code = main(["predict", "--model.model_path", str(trained_path("overthink")), "--data.files",
+                     json.dumps([str(bench)]), "--data.num_frames", "4", "--data.batch_size", str(batch),
+                     "--model.controller.mode", "switch", "--model.decode.do_sample", sample,
+                     "--model.decode.nowait", nowait, "--model.decode.max_new_tokens", "256",
                      "--model.plot_samples", "0", "--trainer.default_root_dir", str(out),
                      "--trainer.enable_progress_bar", "false"])
         assert code == 0
-        outputs[nowait] = [r["output"] for recs in read_predictions(out / "predictions").values() for r in recs]
-    assert any(reflection_words(o) for o in outputs["false"])  # the model does write them unprompted
-    assert len(outputs["true"]) == 8 and not any(reflection_words(o) for o in outputs["true"]), outputs["true"]
+        outputs[nowait, sample] = [r["output"] for recs in read_predictions(out / "predictions").values() for r in recs]
+    assert any(reflection_words(o) for o in outputs["false", "false"])  # the model writes them unprompted
+    for key in (("true", "false"), ("true", "true")):
+        assert len(outputs[key]) == 8 and not any(reflection_words(o) for o in outputs[key]), outputs[key]

@@ -75,7 +75,7 @@ class BatchRun:
             controller = BatchValueController(adapter, cfg, cache, video) if control else None
             switch = EntropySwitch(cfg.mode, cfg.ema_beta, device, batch=True)
             samplers = self._samplers(prompt, lengths, logits.shape[-1])
-            one_argmax = not dcfg.do_sample and dcfg.repetition_penalty == 1.0
+            one_argmax = not dcfg.do_sample and dcfg.repetition_penalty == 1.0 and not self.processors
 
             max_new = dcfg.max_new_tokens
             # [token k, row]: writing token k for the running rows is one index_copy_ per trace.
