@@ -23,8 +23,8 @@ USAGE = """usage: vreason {predict,demo,synth,train-tiny,doctor} ...
   vreason predict -c CONFIG.yaml [--model.* --data.* --trainer.*]
         evaluate a model over protocol benchmark files (`vreason predict --help` for every key)
   vreason demo [--out DIR] [--random]
-        the shipped trained tiny model on fresh synthetic questions (CPU): off vs switch vs switch+lite
-        (+ minimize, maximize)
+        the shipped over-thinking tiny model on fresh synthetic questions (CPU): off vs switch vs switch+lite
+        (+ minimize, maximize, nowait)
   vreason synth --out DIR [--n N] [--seed S] [--with-errors]
         write a synthetic benchmark (videos + eval_Synthetic.json) of the kind the trained tiny model learned
   vreason train-tiny --out DIR [--seed S] [--steps N] [--recipe default|overthink]
