@@ -38,15 +38,18 @@ class BatchRun:
     """One batch's generation: `BatchRun(adapter, controller, decode, seeds, deadline).run(inputs)`
     returns the rows' `(tokens, traces, facts)` for `generation.py` to turn into results."""
 
-    def __init__(self, adapter: DecoderAdapter, cfg: ControllerConfig, dcfg: DecodeConfig, seeds, deadline) -> None:
+    def __init__(self, adapter: DecoderAdapter, cfg: ControllerConfig, dcfg: DecodeConfig, seeds, deadline,
+                 logits_processors: list | None = None) -> None:
         self.adapter, self.cfg, self.dcfg, self.seeds, self.deadline = adapter, cfg, dcfg, seeds, deadline
+        self.processors = list(logits_processors or [])
 
     def _samplers(self, prompt: torch.Tensor, lengths: list[int], vocab: int) -> list[TokenSampler]:
         samplers = []
         for row, length in enumerate(lengths):
             seed = self.seeds[row] if self.seeds is not None else None
             decode = self.dcfg if seed is None else dataclasses.replace(self.dcfg, seed=int(seed))
-            samplers.append(TokenSampler(decode, prompt.device, prompt_ids=prompt[row, prompt.shape[1] - length:], vocab_size=vocab))
+            samplers.append(TokenSampler(decode, prompt.device, prompt_ids=prompt[row, prompt.shape[1] - length:], vocab_size=vocab,
+                                         logits_processors=self.processors))
         return samplers
 
     @torch.no_grad()
@@ -72,7 +75,7 @@ class BatchRun:
             controller = BatchValueController(adapter, cfg, cache, video) if control else None
             switch = EntropySwitch(cfg.mode, cfg.ema_beta, device, batch=True)
             samplers = self._samplers(prompt, lengths, logits.shape[-1])
-            one_argmax = not dcfg.do_sample and dcfg.repetition_penalty == 1.0
+            one_argmax = not dcfg.do_sample and dcfg.repetition_penalty == 1.0 and not self.processors
 
             max_new = dcfg.max_new_tokens
             # [token k, row]: writing token k for the running rows is one index_copy_ per trace.

@@ -26,11 +26,11 @@ USAGE = """usage: vreason {predict,demo,synth,train-tiny,doctor} ...
   vreason predict -c CONFIG.yaml [--model.* --data.* --trainer.*]
         evaluate a model over protocol benchmark files (`vreason predict --help` for every key)
   vreason demo [--out DIR] [--n N] [--seed S] [--sample] [--random] [--modes M ...] [--max-new-tokens T]
-        the shipped trained tiny model on fresh synthetic questions (CPU): off vs switch vs switch+lite
-        (+ minimize, maximize); replaces an earlier demo in DIR (`vreason demo --help`)
+        the shipped over-thinking tiny model on fresh synthetic questions (CPU): off vs switch vs switch+lite
+        (+ minimize, maximize, nowait); replaces an earlier demo in DIR (`vreason demo --help`)
   vreason synth --out DIR [--n N] [--seed S] [--with-errors]
         write a synthetic benchmark (videos + eval_Synthetic.json) of the kind the trained tiny model learned
-  vreason train-tiny --out DIR [--seed S] [--steps N]
+  vreason train-tiny --out DIR [--seed S] [--steps N] [--recipe default|overthink]
         train the tiny model on synthetic questions with chains of thought (CPU, TensorBoard loss curves)
   vreason doctor [--device cpu|cuda]
         print the environment and check the compiled ops and a tiny model on this machine (run it first on a GPU)

@@ -75,6 +75,8 @@ class DecodeConfig:
         min_p: drop tokens below min_p times the most likely token's probability (0: none).
         seed: run seed; each sample draws from its own stream fixed by this seed and its key.
         repetition_penalty: transformers' rule on tokens already in the prompt or output (1: off).
+        nowait: the NoWait baseline (`vreason/nowait.py`): tokens that would write a reflection word
+            ("wait", "hmm", ...) are never chosen; it combines with every controller mode.
     """
 
     max_new_tokens: int = 1024
@@ -85,6 +87,7 @@ class DecodeConfig:
     min_p: float = 0.0
     seed: int = 0
     repetition_penalty: float = 1.0
+    nowait: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

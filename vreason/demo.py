@@ -1,8 +1,9 @@
 """`vreason demo`: the shipped trained tiny model on fresh synthetic questions, plain decoding
 against V-Reason, through `trainer.predict` on CPU.
 
-By default the model is the trained one (`vreason.models.tiny.trained_path()`) and the questions
-are the kind it learned (`TRAINED_CLIPS`), drawn from a seed it never saw in training. With
+By default the model is the over-thinking trained one (`trained_path("overthink")`: its greedy
+answers reflect on hard clips, so plain decoding, V-Reason and NoWait differ where the first
+trained model's would not; `--recipe default` takes that one) and the questions are the kind it learned (`TRAINED_CLIPS`), drawn from a seed it never saw in training. With
 `--random` it is the random-weight model of the unit tests instead: the pipeline runs, but the
 scores say nothing. Each mode is one `trainer.predict` run with its own outputs; the table (printed
 and written to `comparison.md`) and a TensorBoard figure of the entropy curves compare them.
@@ -29,8 +30,10 @@ MODES = {
     "switch+lite": {"mode": "switch", "prune_ratio": 0.5},
     "minimize": {"mode": "minimize"},
     "maximize": {"mode": "maximize"},
+    "nowait": {"mode": "off"},  # the NoWait baseline: names ending in "nowait" set decode.nowait
+    "switch+nowait": {"mode": "switch"},
 }
-DEFAULT_MODES = ("off", "switch", "switch+lite", "minimize", "maximize")
+DEFAULT_MODES = ("off", "switch", "switch+lite", "minimize", "maximize", "nowait")
 # **ours**: held-out questions come from seeds >= 1; the shipped model was trained on seed 0's pool,
 # which is drawn from another stream (`vreason.training.data.build_pool`).
 HELD_OUT_SEED = 1
@@ -42,11 +45,13 @@ COMPARISON = "comparison.md"
 def parse(args: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vreason demo", description=(
         "Evaluate the shipped trained tiny Qwen2.5-VL on fresh synthetic video questions: plain decoding (off) "
-        "against V-Reason (switch, switch+lite) and the minimize/maximize ablations, through trainer.predict "
-        "on CPU, and print the comparison."))
+        "against V-Reason (switch, switch+lite), the minimize/maximize ablations and NoWait, through "
+        "trainer.predict on CPU, and print the comparison."))
     parser.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
     parser.add_argument("--n", type=int, default=16, help="number of synthetic samples (default: 16)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens per answer (default: 128)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer (default: 256)")
+    parser.add_argument("--recipe", choices=("overthink", "default"), default="overthink",
+                        help="which shipped trained model (default: overthink)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="seed of the questions (default: 1)")
     parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(MODES),
                         help="modes to compare (default: all)")
@@ -65,7 +70,7 @@ def prepare(out: Path, opts: argparse.Namespace) -> tuple[Path, Path, int]:
         model_dir = Path(build_tiny_model(out / "model", seed=opts.seed))
         clips, frames = {"num_frames": 8}, 4
     else:
-        model_dir = trained_path()
+        model_dir = trained_path(opts.recipe)
         clips, frames = TRAINED_CLIPS, TRAINED_CLIPS["num_frames"]
     bench = write_synthetic_benchmark(out / "data", n=opts.n, seed=opts.seed, **clips)
     return model_dir, bench, frames
@@ -101,7 +106,8 @@ def run_mode(name: str, model_dir: Path, bench: Path, frames: int, out: Path, op
     from vreason.data.datamodule import BenchmarkDataModule
     from vreason.module import VReasonModule
 
-    decode = DecodeConfig(max_new_tokens=opts.max_new_tokens, seed=opts.seed, do_sample=opts.sample)
+    decode = DecodeConfig(max_new_tokens=opts.max_new_tokens, seed=opts.seed, do_sample=opts.sample,
+                          nowait=name.endswith("nowait"))
     module = VReasonModule(str(model_dir), controller=ControllerConfig(**MODES[name]), decode=decode, plot_samples=2)
     data = BenchmarkDataModule(files=[str(bench)], model_path=str(model_dir), num_frames=frames, max_pixels=64 * 28 * 28)
     trainer = eval_trainer(out / name)

@@ -83,10 +83,12 @@ class VReasonGenerator:
     sample stops after its current token with `stop_reason="time"`.
 
     Generation runs without autocast and with float32 matmul precision "highest" (`precision.py`).
+    logits_processors: transformers `LogitsProcessor`s (`(input_ids, scores) -> scores`) applied
+    to each step's float32 scores before the token is chosen (`sampling.TokenSampler`), e.g. NoWait.
     """
 
     def __init__(self, model: torch.nn.Module, controller: ControllerConfig | None = None, decode: DecodeConfig | None = None,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, logits_processors: list | None = None):
         if max_seconds is not None and not max_seconds > 0:
             raise ValueError(f"max_seconds_per_sample must be > 0 seconds (or None: no limit), got {max_seconds}")
         self.max_seconds = max_seconds
@@ -94,6 +96,7 @@ class VReasonGenerator:
         self.adapter = adapter_for(model)
         self.controller_config = controller if controller is not None else ControllerConfig()
         self.decode_config = decode if decode is not None else DecodeConfig()
+        self.logits_processors = list(logits_processors or [])
         model.requires_grad_(False)
 
     @runs_in_float32
@@ -116,7 +119,7 @@ class VReasonGenerator:
             seeds = seeds if seeds is not None else [None] * len(samples)
             return [self.generate(seed=seed, **sample) for sample, seed in zip(samples, seeds)]
         deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
-        run = BatchRun(self.adapter, self.controller_config, self.decode_config, seeds, deadline)
+        run = BatchRun(self.adapter, self.controller_config, self.decode_config, seeds, deadline, self.logits_processors)
         return [GenerationResult(**row) for row in run.run(inputs)]
 
     def generate_samples(self, samples: list[dict], seeds: list | None = None) -> list[GenerationResult]:
@@ -161,7 +164,8 @@ class VReasonGenerator:
                 logits = rerun_last_prompt_token(adapter, cache, prompt, prefill.next_position_ids - 1)
             controller = ValueController(adapter, cfg, cache, video_index) if control else None
             switch = EntropySwitch(cfg.mode, cfg.ema_beta, device)
-            sampler = TokenSampler(dcfg, device, prompt_ids=prompt[0], vocab_size=logits.shape[-1])
+            sampler = TokenSampler(dcfg, device, prompt_ids=prompt[0], vocab_size=logits.shape[-1],
+                                   logits_processors=self.logits_processors)
 
             max_new = dcfg.max_new_tokens
             tokens = torch.zeros(max_new, dtype=torch.int64, device=device)

@@ -90,7 +90,7 @@ class VReasonModule(LightningModule):
         # Called once per process, on the process's device; a second predict call reuses the model.
         if self._hf_model is not None:
             return
-        from vreason import VReasonGenerator, load_model
+        from vreason import VReasonGenerator, load_model, nowait
 
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
         if self.device_map is not None and self._trainer is not None and self.trainer.num_devices > 1:
@@ -104,8 +104,9 @@ class VReasonModule(LightningModule):
         connect = getattr(self._trainer.datamodule, "connect", None) if self._trainer is not None else None
         if callable(connect):
             connect(processor)
+        extra = [nowait.NoWaitLogitsProcessor(processor.tokenizer)] if self.decode.nowait else None
         generator = VReasonGenerator(model, controller=self.controller, decode=self.decode,
-                                     max_seconds=self.max_seconds_per_sample)
+                                     max_seconds=self.max_seconds_per_sample, logits_processors=extra)
         self._predictor = Predictor(generator, processor, self.controller.mode, self.decode,
                                     rank=self.global_rank, synchronize=self._synchronize)
 

@@ -6,12 +6,18 @@ same tie and boundary rules, `min_tokens_to_keep=1`), and the logits are first c
 float32 as `generate` does, so that `mode="off"` reproduces `model.generate` token for token.
 Sampling draws from a `torch.Generator` seeded per sample from `DecodeConfig.seed`: a sample's
 tokens do not depend on what ran before it (another sample, another process's RNG use).
+Extra transformers `LogitsProcessor`s (NoWait, `vreason/nowait.py`) apply after the repetition
+penalty and before the choice, as `generate` applies a user's processors after its own.
 """
 from __future__ import annotations
 
 import torch
 
+from typing import Callable, Sequence
+
 from vreason.config import DecodeConfig
+
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = ["TokenSampler", "filter_logits", "penalize_repetition"]
 
@@ -56,11 +62,25 @@ class TokenSampler:
     With a repetition penalty the sampler keeps a `[vocab]` mask of the tokens seen (the prompt's,
     then each chosen token's, marked on the device without a host sync), rather than the growing
     sequence: the penalty depends only on which tokens occurred.
+
+    logits_processors: `processor(input_ids[1, n], scores[1, V]) -> scores` each, in order; the
+    sampler then keeps the sample's ids (prompt, then each chosen token) in a preallocated
+    device buffer and hands them a view, so they cost no host sync either.
     """
 
     def __init__(self, decode: DecodeConfig, device: torch.device | str = "cpu",
-                 prompt_ids: torch.Tensor | None = None, vocab_size: int | None = None) -> None:
+                 prompt_ids: torch.Tensor | None = None, vocab_size: int | None = None,
+                 logits_processors: Sequence[LogitsProcessor] = ()) -> None:
         self.decode = decode
+        self.processors = list(logits_processors)
+        self.ids: torch.Tensor | None = None
+        if self.processors:
+            if prompt_ids is None:
+                raise ValueError("logits processors need the prompt ids")
+            prompt = prompt_ids.reshape(-1)
+            self.length = prompt.numel()
+            self.ids = torch.zeros(1, self.length + decode.max_new_tokens, dtype=torch.long, device=torch.device(device))
+            self.ids[0, : self.length] = prompt.to(self.ids.device)
         self.generator: torch.Generator | None = None
         if decode.do_sample:
             self.generator = torch.Generator(device=torch.device(device))
@@ -76,10 +96,15 @@ class TokenSampler:
         scores = logits.to(dtype=torch.float32, copy=True)
         if self.seen is not None:
             scores = penalize_repetition(scores, self.seen, self.decode.repetition_penalty)
-            token = self._choose(scores)
+        for processor in self.processors:
+            scores = processor(self.ids[:, : self.length], scores)
+        token = self._choose(scores)
+        if self.seen is not None:
             self.seen.index_fill_(0, token.reshape(-1), True)
-            return token
-        return self._choose(scores)
+        if self.ids is not None and self.length < self.ids.shape[1]:
+            self.ids[0, self.length] = token.reshape(-1)[0]
+            self.length += 1
+        return token
 
     def _choose(self, scores: torch.Tensor) -> torch.Tensor:
         if not self.decode.do_sample:

@@ -80,10 +80,14 @@ _CORPUS = [
 ]
 
 
-def trained_path() -> Path:
-    """The folder of the shipped trained tiny model (README, "A trained tiny model"): load it with
-    `vreason.load_model(trained_path())` like any checkpoint folder."""
-    return Path(__file__).resolve().parent / "trained"
+def trained_path(recipe: str = "default") -> Path:
+    """The folder of a shipped trained tiny model (README, "A trained tiny model"): load it with
+    `vreason.load_model(trained_path())` like any checkpoint folder. `recipe` "overthink" is the
+    model whose chains reflect on most hard clips (`vreason train-tiny --recipe overthink`)."""
+    folders = {"default": "trained", "overthink": "trained_overthink"}
+    if recipe not in folders:
+        raise ValueError(f"no shipped tiny model of recipe {recipe!r}; use one of {', '.join(folders)}")
+    return Path(__file__).resolve().parent / folders[recipe]
 
 
 def _train_bpe(vocab_size: int, extra_corpus: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:

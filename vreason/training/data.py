@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -90,10 +90,13 @@ def build_pool(folder: str | Path, n: int, seed: int, model_dir: str | Path) -> 
 
 class ChainDataset(Dataset):
     """Item `i`: clip `i % len(clips)` with a chain of thought drawn from `(seed, i)`, so that
-    `length` can exceed the pool and each pass over a clip sees another chain."""
+    `length` can exceed the pool and each pass over a clip sees another chain. `chain` writes
+    the chain (`chain_of_thought`, or a recipe's own, as `overthink_chain`)."""
 
-    def __init__(self, clips: list[dict[str, Any]], tokenizer: Any, length: int, seed: int = 0) -> None:
+    def __init__(self, clips: list[dict[str, Any]], tokenizer: Any, length: int, seed: int = 0,
+                 chain: Callable[[str, dict, np.random.Generator], str] = chain_of_thought) -> None:
         self.clips = clips
+        self.chain = chain
         self.tokenizer = tokenizer
         self.length = length
         self.seed = seed
@@ -104,7 +107,7 @@ class ChainDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         clip = self.clips[i % len(self.clips)]
-        text = chain_of_thought(clip["kind"], clip["facts"], np.random.default_rng([self.seed, i]))
+        text = self.chain(clip["kind"], clip["facts"], np.random.default_rng([self.seed, i]))
         target = torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos])
         inputs = clip["inputs"]
         prompt = inputs["input_ids"][0]
