@@ -10,8 +10,12 @@ step, each row's last value + 1. We pass exactly those rows explicitly at every 
 never rebuilds positions from the attention mask or the cache length: this is what keeps
 `mode="off"` bit-identical to `generate`, and after Lite pruning (a shorter cache) it is the only
 correct source of positions. At batch size 1 the attention mask is not passed (no padding: it is
-all ones, and `generate` drops an all-ones mask as well); a left-padded batch
-(`qwen_batch.py`) passes it.
+all ones, and `generate` drops an all-ones mask as well); a left-padded batch passes it.
+
+Batches: the processor's left-padded layout (`batching.py`): token rows padded on the left
+(`mm_token_type_ids` too, rebuilt from the ids where missing), the visual tensors of all samples
+concatenated in sample order (`batch_keys`). Each row's positions are those it would have alone
+(`get_rope_index` skips the padding), so a row's tokens and logits do not depend on its batch.
 
 Visual tokens (**ours**): ΔV and Lite act on the video tokens; a prompt with images but no
 video (benchmarks hold a few image samples) uses its image tokens instead, so such samples run
@@ -21,9 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from vreason.models.adapter import Prefill
+from vreason.models import batching
+from vreason.models.adapter import BatchPrefill, Prefill
 from vreason.models.hf_layout import HFDecoderLayout, checked_ids
-from vreason.models.qwen_batch import QwenBatching
 
 __all__ = ["QwenVLAdapter"]
 
@@ -43,7 +47,9 @@ _ACCEPTED_KEYS = frozenset(
 _IMAGE_TYPE, _VIDEO_TYPE = 1, 2
 
 
-class QwenVLAdapter(QwenBatching, HFDecoderLayout):
+class QwenVLAdapter(HFDecoderLayout):
+    batch_keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw")
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         self.is_qwen2_5 = getattr(model.config, "model_type", "") == "qwen2_5_vl"
@@ -62,7 +68,7 @@ class QwenVLAdapter(QwenBatching, HFDecoderLayout):
         inputs, mask = checked_ids(inputs, _ACCEPTED_KEYS, batch)
         input_ids = inputs["input_ids"]
         if batch:
-            inputs["attention_mask"] = self._left_padding(input_ids, mask)
+            inputs["attention_mask"] = batching.checked_left_padding(input_ids, mask)
 
         is_video = input_ids == self.video_token_id
         is_image = input_ids == self.image_token_id
@@ -106,6 +112,37 @@ class QwenVLAdapter(QwenBatching, HFDecoderLayout):
 
         device = self.device
         return {k: torch.as_tensor(v).to(device) for k, v in inputs.items()}
+
+    # ---- batches ------------------------------------------------------------------------------
+
+    def token_rows(self, sample: dict) -> dict[str, tuple[torch.Tensor, int]]:
+        """The base's rows and `mm_token_type_ids` (0 at padding; rebuilt from the ids where missing)."""
+        rows = super().token_rows(sample)
+        ids = rows["input_ids"][0]
+        types = sample.get("mm_token_type_ids")
+        if types is None:
+            types = torch.zeros_like(ids)
+            types[ids == self.image_token_id] = _IMAGE_TYPE
+            types[ids == self.video_token_id] = _VIDEO_TYPE
+        rows["mm_token_type_ids"] = (torch.as_tensor(types).reshape(-1).to(ids.dtype), 0)
+        return rows
+
+    def prepare_batch(self, inputs: dict) -> dict:
+        """One row: `prepare_inputs`. Several left-padded rows (`collate_inputs`' layout): the same
+        checks, every row with video or image tokens; the attention mask is kept."""
+        ids = torch.as_tensor(inputs["input_ids"])
+        if self.batch_keys is None or ids.ndim == 1 or ids.shape[0] == 1:
+            return super().prepare_batch(inputs)
+        return self._checked(inputs, batch=True)
+
+    def prefill_batch(self, inputs: dict) -> BatchPrefill:
+        """The batch's prompt forward with its attention mask and each row's own positions."""
+        prefill = self.prefill(inputs)
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        return BatchPrefill(logits=prefill.logits, cache=prefill.cache, next_position_ids=prefill.next_position_ids,
+                            attention_mask=torch.ones_like(ids) if mask is None else mask,
+                            visual_positions=[self.visual_positions(row) for row in ids])
 
     # ---- forward passes -----------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ _FULL = "full_attention"
 
 
 class Qwen3_5Adapter(QwenVLAdapter):
+    batch_keys = None  # one sample at a time (its recurrent states are not batched here)
+
     def __init__(self, model: torch.nn.Module) -> None:
         self.layer_types = tuple(model.config.get_text_config().layer_types)
         if self.layer_types[-1] != _FULL:
@@ -58,7 +60,8 @@ class Qwen3_5Adapter(QwenVLAdapter):
         """The layers with a per-token key/value cache, the only ones Lite can prune."""
         return self.full_layers
 
-    def rerun_last_prompt_token(self, cache, input_ids: torch.Tensor, last_position_ids: torch.Tensor) -> torch.Tensor:
+    def rerun_last_prompt_token(self, cache, input_ids: torch.Tensor, last_position_ids: torch.Tensor,
+                                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Lite's re-run of the last prompt token over a (pruned) hybrid cache; its logits `[1, vocab]`.
 
         The full-attention layers drop the token's entry; the linear-attention layers get their
@@ -79,7 +82,7 @@ class Qwen3_5Adapter(QwenVLAdapter):
                 self.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
             else:
                 cache.layers[layer] = before.layers[layer]
-        return self.decode_step(input_ids[:, -1:], cache, last_position_ids)
+        return self.decode_step(input_ids[:, -1:], cache, last_position_ids, attention_mask=attention_mask)
 
     def dense_tail(self) -> None:
         """None: the output gate sits between the attention and `o_proj`, which the hand-written

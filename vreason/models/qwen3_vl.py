@@ -29,6 +29,8 @@ __all__ = ["Qwen3VLAdapter"]
 
 
 class Qwen3VLAdapter(QwenVLAdapter):
+    batch_keys = None  # one sample at a time (its left-padded batches are not checked here yet)
+
     def prepare_inputs(self, inputs: dict) -> dict:
         inputs = super().prepare_inputs(inputs)
         last = int(inputs["input_ids"][0, -1])

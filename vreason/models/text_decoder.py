@@ -48,7 +48,9 @@ class TextDecoderAdapter(HFDecoderLayout):
             video_positions=self.visual_positions(input_ids),
         )
 
-    def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=token.view(1, 1), **{self.cache_key: cache}, position_ids=position_ids,
+    def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        masks = {} if attention_mask is None else {"attention_mask": attention_mask}
+        out = self.model(input_ids=token.view(-1, 1), **{self.cache_key: cache}, **masks, position_ids=position_ids,
                          use_cache=True, logits_to_keep=1, return_dict=True)
         return out.logits[:, -1]
