@@ -167,3 +167,29 @@ def test_lite_and_row_compaction_index_each_cache_on_its_own_device(tiny):
     assert adapter.cache_kv(placed.cache, 0)[0].shape[0] == 1
     assert torch.equal(adapter.cache_kv(placed.cache, 2)[0], adapter.cache_kv(plain.cache, 2)[0])
 
+
+# ---- the round's products over a reduced-precision cache ----------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_split_product_keeps_float32_accuracy_without_widening_the_cache(dtype):
+    """The CUDA composition (`mixed.split_product`), with the GPU's product emulated exactly
+    (products of `dtype` values summed in float32), against float64: float32-level accuracy,
+    where rounding the float32 rows once to `dtype` would not be."""
+    from vreason.mixed import f32_product, split_product
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 4, 7, 128, generator=g)
+    b = (torch.randn(2, 4, 128, 600, generator=g)).to(dtype)
+    want = a.double() @ b.double()
+    seen = []
+
+    def emulated(x, y):
+        seen.append((x.dtype, y.dtype))
+        return x.float() @ y.float()
+
+    got = split_product(a, b, emulated)
+    assert seen == [(dtype, dtype)]  # one product, both operands in the cache's dtype
+    scale = want.abs().max()
+    assert (got.double() - want).abs().max() <= 1e-5 * scale
+    assert (a.to(dtype).double() @ b.double() - want).abs().max() > 1e-4 * scale  # one rounding is not enough
+    assert torch.equal(f32_product(a, b), a @ b.float())  # the CPU widens, as before

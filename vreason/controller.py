@@ -40,6 +40,7 @@ import torch
 from vreason import ops
 from vreason.adam import GuardedAdam
 from vreason.config import ControllerConfig
+from vreason.mixed import f32_product
 from vreason.models.adapter import DecoderAdapter, LayerInput
 
 __all__ = ["ValueController", "AttentionConstants", "GuardedAdam"]
@@ -132,14 +133,15 @@ class ValueController:
         (True at a row's left padding) or None (no row has any)."""
         keys, values = self.adapter.cache_kv(cache, self.layer)
         query = self.adapter.query(layer_input)  # [B, kv, groups, head_dim], scaled
-        scores = query @ keys.float().transpose(-1, -2)  # [B, kv, groups, seq]
+        # Keys and values are read in their dtype, accumulated in float32 (`mixed.py`).
+        scores = f32_product(query, keys.transpose(-1, -2))  # [B, kv, groups, seq]
         if padding is not None:
             scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         rows, kv, groups, _ = probs.shape
         index = self.video_index[:, None, None, :].expand(rows, kv, groups, self.video_index.shape[-1])
         a_video = probs.gather(-1, index).masked_fill(~self.valid[:, None, None, :], 0.0)
-        o_rest = probs.scatter(-1, index, 0.0) @ values.float()
+        o_rest = f32_product(probs.scatter(-1, index, 0.0), values)
         return AttentionConstants(a_video, o_rest)
 
     def final_hidden(self, layer_input: LayerInput, consts: AttentionConstants, delta: torch.Tensor) -> torch.Tensor:
