@@ -114,7 +114,7 @@ MUTANTS: list[Mutant] = [
            "(config.adam_beta1, config.adam_beta2)", "(0.9, 0.999)",
            (ORACLE_F32,), "--model.controller.adam_beta1/2 reach Adam"),
     Mutant("adam-ignores-configured-eps", CONTROLLER,
-           "(config.adam_beta1, config.adam_beta2), config.adam_eps)", "(config.adam_beta1, config.adam_beta2), 1e-8)",
+           "(config.adam_beta1, config.adam_beta2), config.adam_eps,", "(config.adam_beta1, config.adam_beta2), 1e-8,",
            (ORACLE_F32,), "--model.controller.adam_eps reaches Adam"),
     Mutant("adam-without-second-moment-bias-correction", ADAM,
            "denom = exp_avg_sq.sqrt() / correction[1].sqrt() + self.eps", "denom = exp_avg_sq.sqrt() + self.eps",
