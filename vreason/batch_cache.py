@@ -62,20 +62,16 @@ def prune_batch(adapter: DecoderAdapter, cache, mask: torch.Tensor, video: list[
     return new_mask, kept_index
 
 
-def rerun_last_prompt_tokens(adapter: DecoderAdapter, cache, mask: torch.Tensor, last_tokens: torch.Tensor,
+def rerun_last_prompt_tokens(adapter: DecoderAdapter, cache, mask: torch.Tensor, prompt: torch.Tensor,
                              last_position_ids: torch.Tensor) -> torch.Tensor:
-    """`pruning.rerun_last_prompt_token` for a batch: every row's last prompt token is its cache's
-    last entry (left padding), so the last column goes from every layer and the tokens `[B, 1]`
-    are fed again at their own positions over the pruned cache (`mask` covers it and them)."""
-    for layer in adapter.kv_layers():
-        keys, values = adapter.cache_kv(cache, layer)
-        adapter.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
-    return adapter.decode_step(last_tokens, cache, last_position_ids, attention_mask=mask)
+    """`pruning.rerun_last_prompt_token` for a batch, through the adapter's own re-run (which
+    rewinds a hybrid decoder's recurrent states): every row's last prompt token is its cache's
+    last entry (left padding), so the last column goes from every layer and the tokens are fed
+    again at their own positions over the pruned cache (`mask` covers it and them)."""
+    return adapter.rerun_last_prompt_token(cache, prompt, last_position_ids, attention_mask=mask)
 
 
 def keep_rows(adapter: DecoderAdapter, cache, rows: torch.Tensor) -> None:
-    """Keep only these batch rows (1-D int64, ascending) of every layer's cache: finished samples
-    stop costing decode work."""
-    for layer in adapter.kv_layers():
-        keys, values = adapter.cache_kv(cache, layer)
-        adapter.set_cache_kv(cache, layer, keys.index_select(0, rows), values.index_select(0, rows))
+    """Keep only these batch rows (1-D int64, ascending) of the cache (`adapter.keep_cache_rows`:
+    every per-row state): finished samples stop costing decode work."""
+    adapter.keep_cache_rows(cache, rows)

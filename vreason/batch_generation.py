@@ -67,7 +67,7 @@ class BatchRun:
             n_video = [int(v.numel()) for v in video]
             if any(num_pruned(n, cfg.prune_ratio) > 0 for n in n_video):
                 mask, video = prune_batch(adapter, cache, mask, video, cfg.prune_ratio)
-                logits = rerun_last_prompt_tokens(adapter, cache, mask, prompt[:, -1:], prefill.next_position_ids - 1)
+                logits = rerun_last_prompt_tokens(adapter, cache, mask, prompt, prefill.next_position_ids - 1)
             n_kept = [int(v.numel()) for v in video]
             controller = BatchValueController(adapter, cfg, cache, video) if control else None
             switch = EntropySwitch(cfg.mode, cfg.ema_beta, device, batch=True)

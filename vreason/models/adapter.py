@@ -117,14 +117,25 @@ class DecoderAdapter(ABC):
         layers, and the last layer must be one of them (the controller acts there)."""
         return range(self.num_layers)
 
-    def rerun_last_prompt_token(self, cache: object, input_ids: torch.Tensor, last_position_ids: torch.Tensor) -> torch.Tensor:
+    def rerun_last_prompt_token(self, cache: object, input_ids: torch.Tensor, last_position_ids: torch.Tensor,
+                                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """After Lite: drop the last prompt token's entries from every `kv_layers()` cache and feed
-        it again at its own position over the pruned cache; return its logits `[1, vocab]`. A
-        family whose other layers hold state the token already entered must rewind it first."""
+        it again at its own position over the pruned cache; return its logits `[rows, vocab]`. A
+        left-padded batch (`input_ids` `[B, seq]`: every row's last token in the last column) passes
+        the pruned cache's `attention_mask` `[B, seq']`, which covers the re-fed token. A family
+        whose other layers hold state the token already entered must rewind it first."""
         for layer in self.kv_layers():
             keys, values = self.cache_kv(cache, layer)
             self.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
-        return self.decode_step(input_ids[:, -1:], cache, last_position_ids)
+        masks = {} if attention_mask is None else {"attention_mask": attention_mask}
+        return self.decode_step(input_ids[:, -1:], cache, last_position_ids, **masks)
+
+    def keep_cache_rows(self, cache: object, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (1-D int64, ascending) of the cache: every `kv_layers()`
+        entry here; a family with other per-row state (recurrent layers) keeps its rows too."""
+        for layer in self.kv_layers():
+            keys, values = self.cache_kv(cache, layer)
+            self.set_cache_kv(cache, layer, keys.index_select(0, rows), values.index_select(0, rows))
 
     @abstractmethod
     def capture_last_layer_input(self) -> LayerInputCapture:

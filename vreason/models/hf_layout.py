@@ -17,10 +17,12 @@ norm, the lm_head) must hold real weights on one device; `check_placement` refus
 from __future__ import annotations
 
 import inspect
+from abc import abstractmethod
 
 import torch
 
-from vreason.models.adapter import DecoderAdapter, LayerInput
+from vreason.models.adapter import BatchPrefill, DecoderAdapter, LayerInput
+from vreason.models.batching import BatchLayout, check_left_padding, collate, pad_token_id
 from vreason.models.capture import LastLayerCapture
 from vreason.models.sharding import check_placement
 from vreason.tail import DenseTail
@@ -71,8 +73,11 @@ def checked_ids(inputs: dict, accepted: frozenset, batch: bool = False) -> tuple
 
 
 class HFDecoderLayout(DecoderAdapter):
-    """The last layer piece by piece, the cache entries and the lm_head; subclasses add inputs,
-    prefill, decode and the visual positions."""
+    """The last layer piece by piece, the cache entries, the lm_head and left-padded batches;
+    subclasses add inputs (`checked_inputs`), prefill, decode and the visual positions, and
+    declare their processor's batch layout (`batch_layout`)."""
+
+    batch_layout: BatchLayout = BatchLayout()
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -98,6 +103,49 @@ class HFDecoderLayout(DecoderAdapter):
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    # ---- inputs, one sample or a left-padded batch ----------------------------------------------
+
+    @abstractmethod
+    def checked_inputs(self, inputs: dict, batch: bool) -> dict:
+        """`prepare_inputs`' checks; with `batch`, any number of left-padded rows (the padding
+        given by `attention_mask`, kept: `left_padding_mask`), each with its own visual tokens."""
+
+    @abstractmethod
+    def visual_positions(self, row: torch.Tensor) -> torch.Tensor:
+        """1-D int64 indices, in one row of input ids, of the tokens ΔV and Lite act on."""
+
+    def prepare_inputs(self, inputs: dict) -> dict:
+        return self.checked_inputs(inputs, batch=False)
+
+    def prepare_batch(self, inputs: dict) -> dict:
+        return self.checked_inputs(inputs, batch=True)
+
+    def batches(self) -> bool:
+        return True
+
+    def pad_token_id(self) -> int:
+        return pad_token_id(self.model, self.eos_token_ids)
+
+    def left_padding_mask(self, input_ids: torch.Tensor, mask) -> torch.Tensor:
+        return check_left_padding(input_ids, mask)
+
+    def fill_row(self, key: str, ids: torch.Tensor) -> torch.Tensor:
+        """A token-row key a sample lacks: an all-ones mask; a family adds its own rows."""
+        if key == "attention_mask":
+            return torch.ones_like(ids)
+        raise ValueError(f"a sample lacks {key}")
+
+    def collate_inputs(self, samples: list[dict]) -> dict:
+        return collate(samples, self.batch_layout, self.pad_token_id(), self.fill_row)
+
+    def prefill_batch(self, inputs: dict) -> BatchPrefill:
+        """The batch's prompt forward (the family's `prefill`, which takes the attention mask and
+        gives each row its own positions)."""
+        prefill = self.prefill(inputs)
+        return BatchPrefill(logits=prefill.logits, cache=prefill.cache, next_position_ids=prefill.next_position_ids,
+                            attention_mask=inputs["attention_mask"],
+                            visual_positions=[self.visual_positions(row) for row in inputs["input_ids"]])
 
     # ---- cache ---------------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ step, each row's last value + 1. We pass exactly those rows explicitly at every 
 never rebuilds positions from the attention mask or the cache length: this is what keeps
 `mode="off"` bit-identical to `generate`, and after Lite pruning (a shorter cache) it is the only
 correct source of positions. At batch size 1 the attention mask is not passed (no padding: it is
-all ones, and `generate` drops an all-ones mask as well); a left-padded batch
-(`qwen_batch.py`) passes it.
+all ones, and `generate` drops an all-ones mask as well); a left-padded batch (`batching.py`,
+the processor's layout: token rows padded, visual tensors concatenated) passes it, and
+`get_rope_index` skips each row's padding.
 
 Visual tokens (**ours**): ΔV and Lite act on the video tokens; a prompt with images but no
 video (benchmarks hold a few image samples) uses its image tokens instead, so such samples run
@@ -22,8 +23,9 @@ from __future__ import annotations
 import torch
 
 from vreason.models.adapter import Prefill
+from vreason.models.batching import BatchLayout
 from vreason.models.hf_layout import HFDecoderLayout, checked_ids
-from vreason.models.qwen_batch import QwenBatching
+from vreason.models.qwen_batch import split_qwen_batch
 
 __all__ = ["QwenVLAdapter"]
 
@@ -43,7 +45,11 @@ _ACCEPTED_KEYS = frozenset(
 _IMAGE_TYPE, _VIDEO_TYPE = 1, 2
 
 
-class QwenVLAdapter(QwenBatching, HFDecoderLayout):
+class QwenVLAdapter(HFDecoderLayout):
+    batch_layout = BatchLayout(rows=("input_ids", "attention_mask", "mm_token_type_ids"),
+                               joined=("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values",
+                                       "image_grid_thw"))
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         self.is_qwen2_5 = getattr(model.config, "model_type", "") == "qwen2_5_vl"
@@ -53,16 +59,24 @@ class QwenVLAdapter(QwenBatching, HFDecoderLayout):
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def prepare_inputs(self, inputs: dict) -> dict:
-        return self._checked(inputs, batch=False)
+    def fill_row(self, key: str, ids: torch.Tensor) -> torch.Tensor:
+        """A sample without `mm_token_type_ids` gets them from its token ids."""
+        if key != "mm_token_type_ids":
+            return super().fill_row(key, ids)
+        types = torch.zeros_like(ids)
+        types[ids == self.image_token_id] = _IMAGE_TYPE
+        types[ids == self.video_token_id] = _VIDEO_TYPE
+        return types
 
-    def _checked(self, inputs: dict, batch: bool) -> dict:
-        """The checks of `prepare_inputs`; with `batch`, any number of left-padded rows (the
-        padding given by `attention_mask`, kept), each with its own video or image tokens."""
+    def split_inputs(self, batch: dict) -> list[dict]:
+        return split_qwen_batch(batch, self.spatial_merge, {"video_grid_thw": self.video_token_id,
+                                                            "image_grid_thw": self.image_token_id})
+
+    def checked_inputs(self, inputs: dict, batch: bool) -> dict:
         inputs, mask = checked_ids(inputs, _ACCEPTED_KEYS, batch)
         input_ids = inputs["input_ids"]
         if batch:
-            inputs["attention_mask"] = self._left_padding(input_ids, mask)
+            inputs["attention_mask"] = self.left_padding_mask(input_ids, mask)
 
         is_video = input_ids == self.video_token_id
         is_image = input_ids == self.image_token_id
