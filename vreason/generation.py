@@ -101,11 +101,9 @@ class VReasonGenerator:
         seeds: one per row (None entries: `DecodeConfig.seed`), as `generate`'s `seed`. The
         wall-clock budget is the batch's.
 
-        Families: Qwen2.5-VL and Qwen2-VL decode the batch at once. Qwen3-VL and Qwen3.5 (own
-        positions and caches; `adapter.batches()` is False) take the same batch layout, which is
-        split back per row (`adapter.split_inputs`) and run one sample at a time through
-        `generate`. LLaVA-OneVision and InternVL have no batch layout here (ValueError): give
-        their per-sample inputs to `generate_samples`, which runs them one at a time.
+        Families: every registered family decodes the batch at once (each declares its
+        processor's batch layout, `models/batching.py`); an adapter whose `batches()` is False
+        gets the batch split back per row (`adapter.split_inputs`), each run through `generate`.
         """
         if not self.adapter.batches():
             samples = self.adapter.split_inputs(inputs)
