@@ -298,28 +298,6 @@ def test_a_failing_batch_falls_back_to_its_samples_one_by_one(bench, tmp_path, m
     assert sum(not r["error"] for r in fell_back.values()) == N_GOOD
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "llava_onevision"])
-def test_families_without_batching_run_a_batch_one_sample_at_a_time(family, tmp_path):
-    """Qwen3-VL shares the Qwen layout but not its batching: `generate_batch` splits the collated
-    batch back per row and runs each alone. LLaVA-OneVision has no batch layout here:
-    `generate_samples` runs its samples one by one, `generate_batch` says why it cannot."""
-    from test_families import family_inputs
-    from vreason.models.tiny_families import TINY_BUILDERS
-
-    model, processor = vreason.load_model(TINY_BUILDERS[family](tmp_path / family, seed=7), dtype="float32", device="cpu")
-    adapter = adapter_for(model)
-    assert not adapter.batches()
-    singles = [family_inputs(processor, seed=1, frames=4), family_inputs(processor, seed=2, frames=6)]
-    gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.05), DecodeConfig(max_new_tokens=4))
-    alone = [gen.generate(**s) for s in singles]
-    assert_rows_equal_alone(gen.generate_samples(singles), alone, 0.0)
-    if family == "qwen3_vl":
-        assert_rows_equal_alone(gen.generate_batch(**adapter.collate_inputs(singles)), alone, 0.0)
-    else:
-        with pytest.raises(ValueError, match="does not batch samples"):
-            gen.generate_batch(**singles[0])
-
-
 def test_qwen2_vl_batches_too(qwen2_vl):
     model, processor = qwen2_vl
     singles = [processor_call(processor, [s]) for s in MIXED[:3]]
