@@ -51,16 +51,23 @@ def tiny(tmp_path_factory):
 
 
 def processor_call(processor, samples, **kwargs):
-    texts, videos, metadata = [], [], []
+    """The processor on these samples together: `(seed, frames, side, question)` a video of
+    `frames` frames of `side` pixels, frames 0 an image of `side` × `side // 2 + 30` pixels."""
+    texts, videos, metadata, images = [], [], [], []
     for seed, frames, side, question in samples:
-        content = [{"type": "video"}, {"type": "text", "text": question}]
+        content = [{"type": "video" if frames else "image"}, {"type": "text", "text": question}]
         texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                    add_generation_prompt=True))
         g = torch.Generator().manual_seed(seed)
+        if not frames:
+            images.append(torch.randint(0, 256, (3, side, side // 2 + 30), dtype=torch.uint8, generator=g))
+            continue
         videos.append(torch.randint(0, 256, (frames, 3, side, side), dtype=torch.uint8, generator=g))
         metadata.append({"fps": FPS, "total_num_frames": 3 * frames, "frames_indices": list(range(0, 3 * frames, 3))})
-    return dict(processor(text=texts, videos=videos, video_metadata=metadata, do_sample_frames=False,
-                          return_tensors="pt", **kwargs))
+    visual = dict(videos=videos, video_metadata=metadata) if videos else {}
+    if images:
+        visual["images"] = images
+    return dict(processor(text=texts, do_sample_frames=False, return_tensors="pt", **visual, **kwargs))
 
 
 def assert_rows_equal_alone(batch, alone):
@@ -132,6 +139,26 @@ def test_collate_equals_the_processors_left_padded_batch(tiny, family):
     # The processor's own batch decodes as the samples alone do.
     gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.1), DecodeConfig(max_new_tokens=4))
     assert_rows_equal_alone(gen.generate_batch(**expected), [gen.generate(**s) for s in singles])
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5", "llava_onevision", "internvl"])
+def test_a_batch_mixing_an_image_with_videos(tiny, family):
+    """An image sample between videos (LLaVA-OneVision: images stacked in patches beside videos
+    stacked in frames; with frame counts that differ, both go through the per-video encoding)."""
+    model, processor = tiny(family)
+    adapter = adapter_for(model)
+    samples = [SAMPLES[0], (5, 0, 200, "What is shown in this picture?"), SAMPLES[1]]
+    same = [SAME_FRAMES[0], samples[1], SAME_FRAMES[1]]
+    singles = [processor_call(processor, [s]) for s in same]
+    expected = processor_call(processor, same, padding=True, padding_side="left")
+    got = adapter.collate_inputs(singles)
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key].to(got[key].dtype)), key
+    singles = [processor_call(processor, [s]) for s in samples]
+    gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.1, prune_ratio=0.5),
+                           DecodeConfig(max_new_tokens=4))
+    assert_rows_equal_alone(gen.generate_samples(singles), [gen.generate(**s) for s in singles])
 
 
 @pytest.mark.parametrize("family", ["qwen3_5", "llava_onevision"])
