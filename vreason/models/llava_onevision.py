@@ -74,9 +74,9 @@ class LlavaOnevisionAdapter(TextDecoderAdapter):
         if videos is None:
             return kwargs
         tokens = (inputs["input_ids"] == self.video_token_id).sum(-1)
+        if int(tokens.sum()) == videos.shape[0] * (videos.shape[1] * self.tokens_per_frame + 1):
+            return kwargs  # every video fills its frames (no video is shorter than the longest)
         frames = [(int(n) - 1) // self.tokens_per_frame for n in tokens if n > 0]
-        if all(f == videos.shape[1] for f in frames) and len(frames) == videos.shape[0]:
-            return kwargs
         if len(frames) != videos.shape[0]:
             raise ValueError(f"{videos.shape[0]} videos for {len(frames)} rows with video tokens: a batch row holds one video")
         inner = self.model.model

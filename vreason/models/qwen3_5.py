@@ -19,6 +19,11 @@ Lite. The recurrent state of a linear-attention layer cannot drop tokens: Lite d
 tokens from the full-attention layers' caches only (`kv_layers`; the run summary says how many
 layers that is), and its re-run of the last prompt token must not feed that token to the
 recurrent states a second time (`rerun_last_prompt_token` rewinds them first).
+
+Batches (Qwen2.5-VL's layout and positions): transformers multiplies the linear-attention layers'
+inputs by the 2-D padding mask in prompt forwards, so left padding never enters a row's
+convolution or recurrent state; a finished row leaves those states as well as the key/value
+entries (`keep_cache_rows`).
 """
 from __future__ import annotations
 
