@@ -59,14 +59,16 @@ class QwenVLAdapter(HFDecoderLayout):
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def fill_row(self, key: str, ids: torch.Tensor) -> torch.Tensor:
-        """A sample without `mm_token_type_ids` gets them from its token ids."""
-        if key != "mm_token_type_ids":
-            return super().fill_row(key, ids)
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
+        """`mm_token_type_ids` as the processor gives them, from the token ids."""
         types = torch.zeros_like(ids)
         types[ids == self.image_token_id] = _IMAGE_TYPE
         types[ids == self.video_token_id] = _VIDEO_TYPE
         return types
+
+    def fill_row(self, key: str, ids: torch.Tensor) -> torch.Tensor:
+        """A sample without `mm_token_type_ids` gets them from its token ids."""
+        return self.token_types(ids) if key == "mm_token_type_ids" else super().fill_row(key, ids)
 
     def split_inputs(self, batch: dict) -> list[dict]:
         return split_qwen_batch(batch, self.spatial_merge, {"video_grid_thw": self.video_token_id,
@@ -110,9 +112,7 @@ class QwenVLAdapter(HFDecoderLayout):
 
         # Without mm_token_type_ids the model silently gives video tokens text positions; the
         # processor's own ids are checked, missing ones are rebuilt from input_ids.
-        types = torch.zeros_like(input_ids)
-        types[is_image] = _IMAGE_TYPE
-        types[is_video] = _VIDEO_TYPE
+        types = self.token_types(input_ids)
         given = inputs.get("mm_token_type_ids")
         if given is not None and not torch.equal(torch.as_tensor(given).to(types.device).long(), types):
             raise ValueError("mm_token_type_ids disagree with the image/video tokens of input_ids")
