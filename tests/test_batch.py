@@ -296,17 +296,21 @@ def test_a_failing_batch_falls_back_to_its_samples_one_by_one(bench, tmp_path, m
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "llava_onevision"])
 def test_families_without_batching_run_a_batch_one_sample_at_a_time(family, tmp_path):
-    """A family without a batch layout (`batch_keys` None) runs `generate_samples` as batches of
-    one through the same engine, each row identical to the sample alone; a batch of one row is
-    any family's; several rows at once are refused in one line."""
+    """A family without a batch layout (`batch_keys` None; every registered family has one, so
+    the generator's adapter has it taken away) runs `generate_samples` as batches of one through
+    the same engine, each row identical to the sample alone; a batch of one row is any family's;
+    several rows at once are refused in one line."""
     from test_families import family_inputs
     from vreason.models.tiny_families import TINY_BUILDERS
 
     model, processor = vreason.load_model(TINY_BUILDERS[family](tmp_path / family, seed=7), dtype="float32", device="cpu")
-    adapter = adapter_for(model)
-    assert adapter.batch_keys is None
     singles = [family_inputs(processor, seed=1, frames=4), family_inputs(processor, seed=2, frames=6)]
     gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.05), DecodeConfig(max_new_tokens=4))
+    adapter = gen.adapter
+    assert adapter.batch_keys is not None
+    adapter.batch_keys = None
+    with pytest.raises(ValueError, match="decodes one sample at a time"):
+        gen.generate_batch(**type(adapter)(model).collate_inputs(singles))
     alone = [gen.generate(**s) for s in singles]
     assert_rows_equal_alone(gen.generate_samples(singles), alone, 0.0)
     assert_rows_equal_alone(gen.generate_batch(**singles[0]), alone[:1], 0.0)

@@ -11,8 +11,9 @@ import vreason
 from vreason import ControllerConfig, DecodeConfig, VReasonGenerator
 from vreason.controller import ValueController
 from vreason.models import adapter_for
+from vreason.models.adapter import DecoderAdapter
 from vreason.models.tiny import build_tiny_model
-from vreason.pruning import keep_rows, prune_video_tokens
+from vreason.pruning import prune_video_tokens
 from inputs import video_inputs
 
 TRACES = ("sequences", "entropy", "entropy_after", "ema", "alpha", "updated")
@@ -162,8 +163,8 @@ def test_lite_and_row_compaction_index_each_cache_on_its_own_device(tiny):
         assert torch.equal(adapter.cache_kv(placed.cache, layer)[1], adapter.cache_kv(plain.cache, layer)[1])
         assert all(torch.equal(a, b) for a, b in zip(kept_placed[layer], kept[layer]))
     with SameDevice():
-        keep_rows(elsewhere, placed.cache, torch.tensor([1]))
-    keep_rows(adapter, plain.cache, torch.tensor([1]))
+        DecoderAdapter.keep_cache_rows(elsewhere, placed.cache, torch.tensor([1]))
+    adapter.keep_cache_rows(plain.cache, torch.tensor([1]))
     assert adapter.cache_kv(placed.cache, 0)[0].shape[0] == 1
     assert torch.equal(adapter.cache_kv(placed.cache, 2)[0], adapter.cache_kv(plain.cache, 2)[0])
 

@@ -43,7 +43,7 @@ from vreason import ops
 from vreason.config import ControllerConfig, DecodeConfig
 from vreason.controller import ValueController
 from vreason.models.adapter import DecoderAdapter
-from vreason.pruning import keep_rows, num_pruned, prune_video_tokens
+from vreason.pruning import num_pruned, prune_video_tokens
 from vreason.sampling import TokenSampler
 from vreason.switching import EntropySwitch
 
@@ -175,7 +175,7 @@ class DecodeRun:
                     if not stay:
                         break
                     keep = torch.tensor(stay, device=device)
-                    keep_rows(adapter, cache, keep)
+                    adapter.keep_cache_rows(cache, keep)
                     mask, positions = mask.index_select(0, keep), positions.index_select(-2, keep)
                     token, ids = token.index_select(0, keep), ids.index_select(0, keep)
                     switch.keep(keep)

@@ -1,7 +1,8 @@
-"""The KV cache edits of a decode: V-Reason (Lite) after prefill (docs/method.md §2.7), and dropping
-the rows of samples that finished.
+"""V-Reason (Lite) after prefill (docs/method.md §2.7). (A decode's other cache edit, dropping the
+rows of samples that finished, is the adapter's `keep_cache_rows`: a family may hold more per-row
+state than key/value entries.)
 
-Lite. In every layer independently, a row's video tokens are ranked by the L2 norm of their
+In every layer independently, a row's video tokens are ranked by the L2 norm of their
 value vectors taken over all KV heads and head_dim together; the `floor(r · n_video)` smallest are
 removed from that layer's keys and values (**ours**: rounding down, so r < 1/n_video prunes
 nothing and no layer ever loses all its video tokens). Ties are broken towards keeping the earlier
@@ -17,8 +18,8 @@ last prompt token is run once more over the pruned cache, through the adapter's
 generated token, and every controller round (whose exact gradient assumes the current logits come
 from the current cache), then sees the same pruned cache; it costs one one-token forward.
 
-Under a `device_map` each layer's cache lives on that layer's device: positions and rows are
-moved to the device of the cache they index.
+Under a `device_map` each layer's cache lives on that layer's device: positions are moved to the
+device of the cache they index.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 
 from vreason.models.adapter import DecoderAdapter
 
-__all__ = ["prune_video_tokens", "num_pruned", "keep_rows"]
+__all__ = ["prune_video_tokens", "num_pruned"]
 
 
 def num_pruned(n_video: int, ratio: float) -> int:
@@ -95,11 +96,3 @@ def prune_video_tokens(adapter: DecoderAdapter, cache, video: list[torch.Tensor]
         kept_per_layer.append(kept_index)
     return new_mask, kept_per_layer
 
-
-def keep_rows(adapter: DecoderAdapter, cache, rows: torch.Tensor) -> None:
-    """Keep only these batch rows (1-D int64, ascending) of every layer's cache: finished samples
-    stop costing decode work."""
-    for layer in adapter.kv_layers():
-        keys, values = adapter.cache_kv(cache, layer)
-        index = rows.to(keys.device)
-        adapter.set_cache_kv(cache, layer, keys.index_select(0, index), values.index_select(0, index))

@@ -31,6 +31,9 @@ SCORING = "vreason/scoring.py"
 TAIL = "vreason/tail.py"
 # Batched rows against each sample alone (float64): padding, Lite re-padding, seeds.
 BATCH_EXACT = "tests/test_batch.py::test_every_row_equals_its_sample_alone_float64"
+FAMILY_BATCH = "tests/test_family_batch.py::"
+QWEN3_5 = "vreason/models/qwen3_5.py"
+LLAVA_ONEVISION = "vreason/models/llava_onevision.py"
 # The controller-round oracle (float32; bf16 runs in the suite): exact ΔV, cache and logits.
 ORACLE_F32 = "tests/test_controller_oracle.py::test_round_equals_torch_adam_on_brute_force_gradients[1.0-float32]"
 
@@ -167,4 +170,16 @@ MUTANTS: list[Mutant] = [
            "positions.index_select(-2, keep)", "positions[..., : len(stay), :]",
            ("tests/test_batch.py::test_rows_that_stop_early_leave_the_batch",),
            "a row leaving the batch takes its positions with it"),
+    Mutant("hybrid-batch-rerun-rewinds-without-the-mask", QWEN3_5,
+           'if k not in ("input_ids", "second_per_grid_ts")}', 'if k not in ("input_ids", "second_per_grid_ts", "attention_mask")}',
+           (FAMILY_BATCH + "test_every_row_equals_its_sample_alone_and_the_decoder_runs_once_per_step[qwen3_5-switch lite]",),
+           "the recurrent states Lite's re-run rewinds to are rebuilt from each row's own tokens, its padding masked"),
+    Mutant("hybrid-batch-finished-rows-stay-in-the-recurrent-states", QWEN3_5,
+           "cache.layers[layer].reorder_cache(rows)", "pass",
+           (FAMILY_BATCH + "test_rows_that_stop_early_leave_the_batch[qwen3_5]",),
+           "a row leaving the batch leaves the linear-attention layers' states too"),
+    Mutant("llava-batch-videos-of-different-lengths-as-given", LLAVA_ONEVISION,
+           "if videos is None:", "if True:",
+           (FAMILY_BATCH + "test_every_row_equals_its_sample_alone_and_the_decoder_runs_once_per_step[llava_onevision-off]",),
+           "a video zero-padded to the batch's longest is encoded over its own frames only"),
 ]

@@ -133,6 +133,16 @@ class DecoderAdapter(ABC):
             self.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
         return self.decode_step(input_ids[:, -1:], cache, last_position_ids, attention_mask=attention_mask)
 
+    def keep_cache_rows(self, cache: object, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (1-D int64, ascending) of the cache, so that finished samples
+        stop costing decode work: every `kv_layers()` entry here (the rows moved to the device of
+        the cache they index, as under a `device_map`); a family with other per-row state
+        (recurrent layers) keeps its rows too."""
+        for layer in self.kv_layers():
+            keys, values = self.cache_kv(cache, layer)
+            index = rows.to(keys.device)
+            self.set_cache_kv(cache, layer, keys.index_select(0, index), values.index_select(0, index))
+
     @abstractmethod
     def capture_last_layer_input(self) -> LayerInputCapture:
         """Install hooks that keep the last layer's `LayerInput` at the last position of every
@@ -146,6 +156,10 @@ class DecoderAdapter(ABC):
     decodes one sample at a time, and the engine runs a batch of B > 1 as B batches of one. A
     family that sets it implements `prepare_batch` and `prefill_batch` for B rows, and
     `decode_step` / `rerun_last_prompt_token` with an attention mask."""
+
+    batch_padded_keys: tuple[str, ...] = ()
+    """Those of `batch_keys` that are per-sample `[n, k, ...]` tensors (a video's frames, an
+    image's patches) zero-padded along dim 1 to the batch's largest k before concatenation."""
 
     def token_rows(self, sample: dict) -> dict[str, tuple[torch.Tensor, int]]:
         """One sample's per-token rows for `collate_inputs`, each 1-D with the value its left
@@ -162,9 +176,9 @@ class DecoderAdapter(ABC):
 
     def collate_inputs(self, samples: list[dict]) -> dict:
         """One batch from per-sample processor outputs: a single sample as it is; several, left
-        padded (`token_rows`) with `batch_keys` concatenated, as the processor's own batched call
-        lays them out (`batching.py`). ValueError for several samples of a family without a batch
-        layout."""
+        padded (`token_rows`) with `batch_keys` concatenated (`batch_padded_keys` padded first),
+        as the processor's own batched call lays them out (`batching.py`). ValueError for several
+        samples of a family without a batch layout."""
         if not samples:
             raise ValueError("an empty batch")
         if len(samples) == 1:
@@ -172,7 +186,8 @@ class DecoderAdapter(ABC):
         if self.batch_keys is None:
             raise ValueError(f"{type(self).__name__} decodes one sample at a time: give per-sample inputs to "
                              "generate_samples")
-        return batching.left_padded([self.token_rows(s) for s in samples], samples, self.batch_keys)
+        return batching.left_padded([self.token_rows(s) for s in samples], samples, self.batch_keys,
+                                    self.batch_padded_keys)
 
     def prepare_batch(self, inputs: dict) -> dict:
         """`prepare_inputs` for a batch: here a batch of one row (`prepare_inputs` itself); a family

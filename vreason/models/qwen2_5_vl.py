@@ -13,9 +13,10 @@ correct source of positions. At batch size 1 the attention mask is not passed (n
 all ones, and `generate` drops an all-ones mask as well); a left-padded batch passes it.
 
 Batches: the processor's left-padded layout (`batching.py`): token rows padded on the left
-(`mm_token_type_ids` too, rebuilt from the ids where missing), the visual tensors of all samples
-concatenated in sample order (`batch_keys`). Each row's positions are those it would have alone
-(`get_rope_index` skips the padding), so a row's tokens and logits do not depend on its batch.
+(`mm_token_type_ids` too, rebuilt from the ids where missing, by the rule the input check uses),
+the visual tensors of all samples concatenated in sample order (`batch_keys`). Each row's
+positions are those it would have alone (`get_rope_index` skips the padding), so a row's tokens
+and logits do not depend on its batch.
 
 Visual tokens (**ours**): ΔV and Lite act on the video tokens; a prompt with images but no
 video (benchmarks hold a few image samples) uses its image tokens instead, so such samples run
@@ -26,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from vreason.models import batching
-from vreason.models.adapter import BatchPrefill, Prefill
+from vreason.models.adapter import Prefill
 from vreason.models.hf_layout import HFDecoderLayout, checked_ids
 
 __all__ = ["QwenVLAdapter"]
@@ -59,12 +60,14 @@ class QwenVLAdapter(HFDecoderLayout):
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def prepare_inputs(self, inputs: dict) -> dict:
-        return self._checked(inputs, batch=False)
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
+        """`mm_token_type_ids` as the processor gives them, from the token ids."""
+        types = torch.zeros_like(ids)
+        types[ids == self.image_token_id] = _IMAGE_TYPE
+        types[ids == self.video_token_id] = _VIDEO_TYPE
+        return types
 
-    def _checked(self, inputs: dict, batch: bool) -> dict:
-        """The checks of `prepare_inputs`; with `batch`, any number of left-padded rows (the
-        padding given by `attention_mask`, kept), each with its own video or image tokens."""
+    def checked_inputs(self, inputs: dict, batch: bool) -> dict:
         inputs, mask = checked_ids(inputs, _ACCEPTED_KEYS, batch)
         input_ids = inputs["input_ids"]
         if batch:
@@ -102,9 +105,7 @@ class QwenVLAdapter(HFDecoderLayout):
 
         # Without mm_token_type_ids the model silently gives video tokens text positions; the
         # processor's own ids are checked, missing ones are rebuilt from input_ids.
-        types = torch.zeros_like(input_ids)
-        types[is_image] = _IMAGE_TYPE
-        types[is_video] = _VIDEO_TYPE
+        types = self.token_types(input_ids)
         given = inputs.get("mm_token_type_ids")
         if given is not None and not torch.equal(torch.as_tensor(given).to(types.device).long(), types):
             raise ValueError("mm_token_type_ids disagree with the image/video tokens of input_ids")
@@ -120,29 +121,9 @@ class QwenVLAdapter(HFDecoderLayout):
         rows = super().token_rows(sample)
         ids = rows["input_ids"][0]
         types = sample.get("mm_token_type_ids")
-        if types is None:
-            types = torch.zeros_like(ids)
-            types[ids == self.image_token_id] = _IMAGE_TYPE
-            types[ids == self.video_token_id] = _VIDEO_TYPE
-        rows["mm_token_type_ids"] = (torch.as_tensor(types).reshape(-1).to(ids.dtype), 0)
+        types = self.token_types(ids) if types is None else torch.as_tensor(types).reshape(-1)
+        rows["mm_token_type_ids"] = (types.to(ids.dtype), 0)
         return rows
-
-    def prepare_batch(self, inputs: dict) -> dict:
-        """One row: `prepare_inputs`. Several left-padded rows (`collate_inputs`' layout): the same
-        checks, every row with video or image tokens; the attention mask is kept."""
-        ids = torch.as_tensor(inputs["input_ids"])
-        if self.batch_keys is None or ids.ndim == 1 or ids.shape[0] == 1:
-            return super().prepare_batch(inputs)
-        return self._checked(inputs, batch=True)
-
-    def prefill_batch(self, inputs: dict) -> BatchPrefill:
-        """The batch's prompt forward with its attention mask and each row's own positions."""
-        prefill = self.prefill(inputs)
-        ids = inputs["input_ids"]
-        mask = inputs.get("attention_mask")
-        return BatchPrefill(logits=prefill.logits, cache=prefill.cache, next_position_ids=prefill.next_position_ids,
-                            attention_mask=torch.ones_like(ids) if mask is None else mask,
-                            visual_positions=[self.visual_positions(row) for row in ids])
 
     # ---- forward passes -----------------------------------------------------------------------
 
@@ -152,7 +133,7 @@ class QwenVLAdapter(HFDecoderLayout):
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask.long()
-        text = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0).unsqueeze(0)
+        text = batching.text_positions(input_ids, mask).unsqueeze(0)
         rope_kwargs = dict(
             mm_token_type_ids=inputs["mm_token_type_ids"],
             image_grid_thw=inputs.get("image_grid_thw"),
