@@ -72,7 +72,7 @@ void check_value_update_backward(const at::Tensor& grad, const at::Tensor& v0, c
 }
 
 void check_value_update_inplace(const at::Tensor& cache, const at::Tensor& positions, const at::Tensor& v0,
-                                const at::Tensor& delta, bool allow_double) {
+                                const at::Tensor& delta, const c10::optional<at::Tensor>& counts, bool allow_double) {
   check_value_update("value_update_", v0, delta, allow_double);
   check_same_device("value_update_", "v0", v0, cache, "cache");
   check_same_device("value_update_", "positions", positions, cache, "cache");
@@ -81,13 +81,22 @@ void check_value_update_inplace(const at::Tensor& cache, const at::Tensor& posit
   const auto ct = cache.scalar_type();
   TORCH_CHECK(is_reduced_or_single(ct) || ct == at::kDouble, "vreason.ops.value_update_: cache must be a float tensor, got ",
               ct);
-  TORCH_CHECK(positions.dim() == 1 && positions.scalar_type() == at::kLong,
-              "vreason.ops.value_update_: positions must be a 1-D int64 tensor, got ", positions.scalar_type(), " of shape ",
-              shape_of(positions));
-  TORCH_CHECK(v0.dim() == 4 && v0.size(0) == cache.size(0) && v0.size(1) == cache.size(1) &&
-                  v0.size(2) == positions.size(0) && v0.size(3) == cache.size(3),
+  TORCH_CHECK((positions.dim() == 1 || (positions.dim() == 2 && positions.size(0) == cache.size(0))) &&
+                  positions.scalar_type() == at::kLong,
+              "vreason.ops.value_update_: positions must be a 1-D int64 tensor (or [batch, n] per row), got ",
+              positions.scalar_type(), " of shape ", shape_of(positions));
+  const int64_t num = positions.size(-1);
+  TORCH_CHECK(v0.dim() == 4 && v0.size(0) == cache.size(0) && v0.size(1) == cache.size(1) && v0.size(2) == num &&
+                  v0.size(3) == cache.size(3),
               "vreason.ops.value_update_: v0 and delta must be [batch, kv_heads, len(positions), head_dim] = [",
-              cache.size(0), ", ", cache.size(1), ", ", positions.size(0), ", ", cache.size(3), "], got ", shape_of(v0));
+              cache.size(0), ", ", cache.size(1), ", ", num, ", ", cache.size(3), "], got ", shape_of(v0));
+  if (counts.has_value()) {
+    check_same_device("value_update_", "counts", *counts, cache, "cache");
+    TORCH_CHECK(positions.dim() == 2 && counts->dim() == 1 && counts->size(0) == cache.size(0) &&
+                    counts->scalar_type() == at::kLong,
+                "vreason.ops.value_update_: counts must be a [batch] int64 tensor beside [batch, n] positions, got ",
+                counts->scalar_type(), " of shape ", shape_of(*counts));
+  }
 }
 
 void check_vecmat(const at::Tensor& g, const at::Tensor& weight) {
@@ -105,12 +114,12 @@ void fail_bad_entropy_row(const char* op, int64_t row, const at::Tensor& logits)
               " (rows counted over the leading dimensions) is all -inf or contains NaN/+inf; its entropy is undefined");
 }
 
-void fail_bad_position(int64_t index, int64_t position, int64_t seq) {
+void fail_bad_position(const std::string& index, int64_t position, int64_t seq) {
   TORCH_CHECK(false, "vreason.ops.value_update_: positions[", index, "] = ", position,
               " is out of range for a cache of ", seq, " positions");
 }
 
-void fail_repeated_position(int64_t index, int64_t first, int64_t position) {
+void fail_repeated_position(const std::string& index, const std::string& first, int64_t position) {
   TORCH_CHECK(false, "vreason.ops.value_update_: positions[", index, "] = ", position, " repeats positions[", first,
               "]; each position may be written once (two writers of one row would mix two updated vectors)");
 }
@@ -125,13 +134,14 @@ int64_t first_bad_position(const int64_t* positions, int64_t num, int64_t seq) {
   return -1;
 }
 
-void fail_position(const int64_t* positions, int64_t index, int64_t seq) {
+void fail_position(const int64_t* positions, int64_t index, int64_t seq, int64_t row) {
+  const auto name = [row](int64_t j) { return row < 0 ? std::to_string(j) : std::to_string(row) + ", " + std::to_string(j); };
   const int64_t p = positions[index];
-  if (p < 0 || p >= seq) fail_bad_position(index, p, seq);
+  if (p < 0 || p >= seq) fail_bad_position(name(index), p, seq);
   for (int64_t i = 0; i < index; ++i) {
-    if (positions[i] == p) fail_repeated_position(index, i, p);
+    if (positions[i] == p) fail_repeated_position(name(index), name(i), p);
   }
-  TORCH_CHECK(false, "vreason.ops.value_update_: positions[", index, "] = ", p, " was reported bad but is not");
+  TORCH_CHECK(false, "vreason.ops.value_update_: positions[", name(index), "] = ", p, " was reported bad but is not");
 }
 
 bool built_with_cuda() {
@@ -149,7 +159,11 @@ TORCH_LIBRARY(vreason, m) {
   m.def("value_update_backward(Tensor grad, Tensor v0, Tensor delta) -> Tensor");
   // Returns nothing: torch cannot functionalize (torch.compile, opcheck) a custom op whose
   // output aliases an input; the Python front returns the cache.
-  m.def("value_update_(Tensor(a!) cache, Tensor positions, Tensor v0, Tensor delta) -> ()");
+  // positions: 1-D (every batch row) or [batch, n] per row with counts [batch] (row b writes its
+  // first counts[b] slots); `check`: validate the positions first (a caller writing the same
+  // positions again and again validates once).
+  m.def("value_update_(Tensor(a!) cache, Tensor positions, Tensor v0, Tensor delta, Tensor? counts=None, "
+        "bool check=True) -> ()");
   // g @ weight for a few rows g (a linear layer's input gradient for one token), float32
   // (float64 for a float64 weight); not differentiable (it is itself a backward).
   m.def("vecmat(Tensor g, Tensor weight) -> Tensor");

@@ -6,6 +6,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
+
 namespace vreason {
 
 // `allow_double` is true on CPU only.
@@ -15,18 +17,21 @@ void check_entropy_backward(const at::Tensor& grad, const at::Tensor& logits, co
 void check_value_update(const char* op, const at::Tensor& v0, const at::Tensor& delta, bool allow_double);
 void check_value_update_backward(const at::Tensor& grad, const at::Tensor& v0, const at::Tensor& delta,
                                  bool allow_double);
+// positions: 1-D [n] (the same for every batch row) or per row [batch, n] with optional counts
+// [batch] (row b writes its first counts[b] slots; absent: all n).
 void check_value_update_inplace(const at::Tensor& cache, const at::Tensor& positions, const at::Tensor& v0,
-                                const at::Tensor& delta, bool allow_double);
+                                const at::Tensor& delta, const c10::optional<at::Tensor>& counts, bool allow_double);
 void check_vecmat(const at::Tensor& g, const at::Tensor& weight);
 [[noreturn]] void fail_bad_entropy_row(const char* op, int64_t row, const at::Tensor& logits);
-[[noreturn]] void fail_bad_position(int64_t index, int64_t position, int64_t seq);
-[[noreturn]] void fail_repeated_position(int64_t index, int64_t first, int64_t position);
+[[noreturn]] void fail_bad_position(const std::string& index, int64_t position, int64_t seq);
+[[noreturn]] void fail_repeated_position(const std::string& index, const std::string& first, int64_t position);
 
 // The first bad index of host-side positions (out of range, or a repeat of an earlier one), or -1.
 // Both backends apply it before writing anything, so a failed call leaves the cache untouched.
 int64_t first_bad_position(const int64_t* positions, int64_t num, int64_t seq);
-// Raises the error for positions[index] (found bad by first_bad_position or a kernel).
-[[noreturn]] void fail_position(const int64_t* positions, int64_t index, int64_t seq);
+// Raises the error for positions[index] (found bad by first_bad_position or a kernel); `row` >= 0
+// names the row of per-row positions (positions then points at that row).
+[[noreturn]] void fail_position(const int64_t* positions, int64_t index, int64_t seq, int64_t row = -1);
 
 // vecmat for a bf16/fp16 weight with g split into two parts of the weight's dtype and one GEMM
 // with float32 output (vecmat_split.cpp): the CUDA backend's vecmat for such weights.

@@ -206,14 +206,10 @@ def test_float32_rows_equal_alone_within_float32_tolerance(tiny):
     assert_rows_equal_alone(gen.generate_samples(singles), [gen.generate(**s) for s in singles], 1e-4)
 
 
-def test_split_inverts_collate_and_bad_batches_fail_clearly(tiny):
+def test_bad_batches_fail_clearly(tiny):
     model, processor = tiny
     adapter = adapter_for(model)
     singles = [processor_call(processor, [s]) for s in SAMPLES["image and videos"]]
-    for got, sample in zip(adapter.split_inputs(adapter.collate_inputs(singles)), singles):
-        assert sorted(got) == sorted(sample)
-        for key in sample:
-            assert torch.equal(got[key], sample[key].to(got[key].dtype)), key
     gen = VReasonGenerator(model, ControllerConfig(mode="off"), DecodeConfig(max_new_tokens=2))
     batch = adapter.collate_inputs(singles)
     text = dict(processor(text=["<|im_start|>user\nhello<|im_end|>\n"], return_tensors="pt"))
@@ -305,24 +301,26 @@ def test_a_failing_batch_falls_back_to_its_samples_one_by_one(bench, tmp_path, m
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "llava_onevision"])
 def test_families_without_batching_run_a_batch_one_sample_at_a_time(family, tmp_path):
-    """Qwen3-VL shares the Qwen layout but not its batching: `generate_batch` splits the collated
-    batch back per row and runs each alone. LLaVA-OneVision has no batch layout here:
-    `generate_samples` runs its samples one by one, `generate_batch` says why it cannot."""
+    """A family without a batch layout (`batch_keys` None; every registered family has one, so
+    the generator's adapter has it taken away) runs `generate_samples` as batches of one through
+    the same engine, each row identical to the sample alone; a batch of one row is any family's;
+    several rows at once are refused in one line."""
     from test_families import family_inputs
     from vreason.models.tiny_families import TINY_BUILDERS
 
     model, processor = vreason.load_model(TINY_BUILDERS[family](tmp_path / family, seed=7), dtype="float32", device="cpu")
-    adapter = adapter_for(model)
-    assert not adapter.batches()
     singles = [family_inputs(processor, seed=1, frames=4), family_inputs(processor, seed=2, frames=6)]
     gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.05), DecodeConfig(max_new_tokens=4))
+    adapter = gen.adapter
+    assert adapter.batch_keys is not None
+    adapter.batch_keys = None
+    with pytest.raises(ValueError, match="decodes one sample at a time"):
+        gen.generate_batch(**type(adapter)(model).collate_inputs(singles))
     alone = [gen.generate(**s) for s in singles]
     assert_rows_equal_alone(gen.generate_samples(singles), alone, 0.0)
-    if family == "qwen3_vl":
-        assert_rows_equal_alone(gen.generate_batch(**adapter.collate_inputs(singles)), alone, 0.0)
-    else:
-        with pytest.raises(ValueError, match="does not batch samples"):
-            gen.generate_batch(**singles[0])
+    assert_rows_equal_alone(gen.generate_batch(**singles[0]), alone[:1], 0.0)
+    with pytest.raises(ValueError, match="decodes one sample at a time"):
+        adapter.collate_inputs(singles)
 
 
 def test_qwen2_vl_batches_too(qwen2_vl):
@@ -330,5 +328,5 @@ def test_qwen2_vl_batches_too(qwen2_vl):
     singles = [processor_call(processor, [s]) for s in MIXED[:3]]
     gen = VReasonGenerator(model, ControllerConfig(mode="switch", every_k=1, lr=0.05, prune_ratio=0.5),
                            DecodeConfig(max_new_tokens=5))
-    assert adapter_for(model).batches()
+    assert adapter_for(model).batch_keys is not None
     assert_rows_equal_alone(gen.generate_samples(singles), [gen.generate(**s) for s in singles], 1e-4)

@@ -44,6 +44,7 @@ def error_line(capsys) -> str:
     (["--model.controller.mode", "sideways"], "model.controller.mode"),
     (["--model.controller.every_k", "0"], "controller.every_k must be >= 1"),
     (["--model.decode.top_p", "lots"], "model.decode.top_p"),
+    (["--model.decode.top_h", "2"], "decode.top_h must be in (0, 1]"),
 ])
 def test_bad_config_values_exit_2_with_one_line(assets, tmp_path, capsys, extra, expected):
     assert main(small(assets, tmp_path, *extra)) == 2

@@ -17,7 +17,7 @@ from vreason.controller import GuardedAdam, ValueController
 from vreason.models import adapter_for
 from vreason.models.tiny import build_tiny_model
 from vreason.ops import reference
-from vreason.pruning import prune_video_tokens, rerun_last_prompt_token
+from vreason.pruning import prune_video_tokens
 from inputs import video_inputs
 
 
@@ -41,8 +41,8 @@ def prefill_state(model, processor, decode_steps=0, prune_ratio=0.0):
         pre = adapter.prefill(inputs)
         logits = pre.logits
         if prune_ratio:
-            pre.video_positions = prune_video_tokens(adapter, pre.cache, pre.video_positions, prune_ratio)[-1]
-            logits = rerun_last_prompt_token(adapter, pre.cache, inputs["input_ids"], pre.next_position_ids - 1)
+            pre.video_positions = prune_video_tokens(adapter, pre.cache, [pre.video_positions], prune_ratio)[1][-1][0]
+            logits = adapter.rerun_last_prompt_token(pre.cache, inputs["input_ids"], pre.next_position_ids - 1)
         for k in range(decode_steps):
             logits = adapter.decode_step(logits.argmax(-1), pre.cache, pre.next_position_ids + k)
     hook.remove()

@@ -22,7 +22,7 @@ from vreason.data.synthetic import write_synthetic_benchmark
 from vreason.models import adapter_for
 from vreason.models.tiny_families import TINY_BUILDERS
 from vreason.ops import reference
-from vreason.pruning import prune_video_tokens, rerun_last_prompt_token
+from vreason.pruning import prune_video_tokens
 
 # One tiny model per adapter file and decoder kind; the variants (an MoE MLP, InternVL's Qwen3
 # decoder) share their family's adapter and run the core checks only.
@@ -110,8 +110,8 @@ def prefill_state(model, processor, decode_steps=0, prune_ratio=0.0):
         pre = adapter.prefill(inputs)
         logits, token = pre.logits, inputs["input_ids"][:, -1:]
         if prune_ratio:
-            pre.video_positions = prune_video_tokens(adapter, pre.cache, pre.video_positions, prune_ratio)[-1]
-            logits = rerun_last_prompt_token(adapter, pre.cache, inputs["input_ids"], pre.next_position_ids - 1)
+            pre.video_positions = prune_video_tokens(adapter, pre.cache, [pre.video_positions], prune_ratio)[1][-1][0]
+            logits = adapter.rerun_last_prompt_token(pre.cache, inputs["input_ids"], pre.next_position_ids - 1)
         position = pre.next_position_ids - 1
         for k in range(decode_steps):
             token = logits.argmax(-1).view(1, 1)
@@ -195,7 +195,7 @@ def test_lite_keeps_the_highest_norm_rows_and_ratio_zero_changes_nothing(tiny, f
     with torch.no_grad():
         full = adapter.prefill(inputs)
         pruned = adapter.prefill(inputs)
-        kept = prune_video_tokens(adapter, pruned.cache, pruned.video_positions, 0.5)
+        kept = [rows[0] for rows in prune_video_tokens(adapter, pruned.cache, [pruned.video_positions], 0.5)[1]]
     video = full.video_positions
     n_keep = video.numel() - video.numel() // 2
     layers = list(adapter.kv_layers())
@@ -239,7 +239,7 @@ def test_qwen3_5_lite_prunes_the_full_attention_layers_and_rewinds_the_recurrent
         pruned = adapter.prefill(inputs)
         layers = tuple(adapter.kv_layers())
         assert layers == tuple(i for i, t in enumerate(model.config.text_config.layer_types) if t == "full_attention")
-        kept = prune_video_tokens(adapter, pruned.cache, pruned.video_positions, 0.5)
+        kept = [rows[0] for rows in prune_video_tokens(adapter, pruned.cache, [pruned.video_positions], 0.5)[1]]
         video, n_keep = pruned.video_positions, pruned.video_positions.numel() - pruned.video_positions.numel() // 2
         for i, layer in enumerate(layers):
             keys, values = adapter.cache_kv(plain.cache, layer)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vreason import ops
-from vreason.ops import _C, reference
+from vreason.ops import _C, eager, reference
 
 VOCAB = 152_064
 INF = float("inf")
@@ -395,6 +395,60 @@ def test_value_update_inplace_checks_positions_without_rows():
             ops.value_update_(cache, torch.tensor([3, 10]), v0, v0)
         with pytest.raises(RuntimeError, match="repeats"):
             ops.value_update_(cache, torch.tensor([3, 3]), v0, v0)
+
+
+def per_row_case(dtype=torch.float32, seed=0):
+    """Three rows writing 5, 2 and 0 of 5 slots at their own positions (the rest repeat a written
+    position or hold anything: never written)."""
+    g = torch.Generator().manual_seed(seed)
+    cache = torch.randn(3, 2, 12, 16, generator=g).to(dtype)
+    positions = torch.stack([torch.randperm(12, generator=g)[:5] for _ in range(3)])
+    positions[1, 2:] = positions[1, 0]
+    counts = torch.tensor([5, 2, 0])
+    v0, delta = values_of((3, 2, 5, 16), seed=seed + 1)
+    return cache, positions, counts, v0, delta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_value_update_inplace_per_row_writes_each_rows_own_slots(dtype):
+    cache, positions, counts, v0, delta = per_row_case(dtype)
+    before = cache.clone()
+    expected = before.clone()
+    new = reference.value_update(v0, delta).to(dtype)
+    for row, n in enumerate(counts.tolist()):  # the oracle: a loop over rows and written slots
+        for j in range(n):
+            expected[row, :, positions[row, j]] = new[row, :, j]
+    for check in (True, False):  # `check=False`: the same writes, positions trusted
+        got = before.clone()
+        ops.value_update_(got, positions, v0, delta, counts=counts, check=check)
+        torch.testing.assert_close(got, expected, **output_tol(dtype))
+        written = torch.zeros(cache.shape[0], cache.shape[2], dtype=torch.bool)
+        for row, n in enumerate(counts.tolist()):
+            written[row, positions[row, :n]] = True
+        assert torch.equal(bits(got.transpose(1, 2)[~written]), bits(before.transpose(1, 2)[~written]))
+    for composition in (reference.value_update_, eager.value_update_):
+        torch.testing.assert_close(composition(before.clone(), positions, v0, delta, counts), expected, **output_tol(dtype))
+
+
+def test_value_update_inplace_per_row_rejects_bad_positions_and_counts():
+    cache, positions, counts, v0, delta = per_row_case()
+    before = cache.clone()
+    bad = positions.clone()
+    bad[1, 1] = bad[1, 0]
+    with pytest.raises(RuntimeError, match=rf"positions\[1, 1\] = {int(bad[1, 0])} repeats positions\[1, 0\]"):
+        ops.value_update_(cache, bad, v0, delta, counts=counts)
+    bad = positions.clone()
+    bad[0, 3] = 12
+    with pytest.raises(RuntimeError, match=r"positions\[0, 3\] = 12 is out of range for a cache of 12 positions"):
+        ops.value_update_(cache, bad, v0, delta, counts=counts)
+    assert torch.equal(cache, before)  # checked before anything is written
+    with pytest.raises(RuntimeError, match=r"counts\[2\] = 6 is not in \[0, 5\]"):
+        ops.value_update_(cache, positions, v0, delta, counts=torch.tensor([5, 2, 6]))
+    with pytest.raises(RuntimeError, match="counts must be a \\[batch\\] int64 tensor"):
+        ops.value_update_(cache, positions, v0, delta, counts=torch.tensor([5, 2]))
+    with pytest.raises(RuntimeError, match=r"positions must be a 1-D int64 tensor \(or \[batch, n\] per row\)"):
+        ops.value_update_(cache, positions[:2], v0, delta)
+    torch.library.opcheck(torch.ops.vreason.value_update_.default, (cache, positions, v0, delta, counts, False))
 
 
 # ---- large finite logits -------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_half_keeps_the_highest_value_norm_tokens_in_every_layer(tiny):
     adapter, pre = prefill(model, processor)
     video = pre.video_positions
     original = [tuple(t.clone() for t in adapter.cache_kv(pre.cache, i)) for i in range(adapter.num_layers)]
-    kept = prune_video_tokens(adapter, pre.cache, video, 0.5)
+    kept = [rows[0] for rows in prune_video_tokens(adapter, pre.cache, [video], 0.5)[1]]
     n_video = video.numel()
     is_video = torch.zeros(original[0][0].shape[-2], dtype=torch.bool)
     is_video[video] = True
@@ -60,7 +60,7 @@ def test_ratio_zero_leaves_the_cache_alone_and_equals_no_pruning(tiny):
     model, processor = tiny
     adapter, pre = prefill(model, processor)
     before = [adapter.cache_kv(pre.cache, i) for i in range(adapter.num_layers)]
-    kept = prune_video_tokens(adapter, pre.cache, pre.video_positions, 0.0)
+    kept = [rows[0] for rows in prune_video_tokens(adapter, pre.cache, [pre.video_positions], 0.0)[1]]
     for i, (k, v) in enumerate(before):
         assert adapter.cache_kv(pre.cache, i)[0] is k and adapter.cache_kv(pre.cache, i)[1] is v
         assert torch.equal(kept[i], pre.video_positions)

@@ -67,9 +67,9 @@ def filtered_distribution(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0
 ])
 def test_draws_follow_the_filtered_distribution(settings):
     expected = filtered_distribution(LOGITS, **settings)
-    sampler = TokenSampler(DecodeConfig(do_sample=True, seed=3, **settings))
-    # One batched draw: DRAWS independent rows with the same logits.
-    tokens = sampler(torch.tensor(LOGITS).expand(DRAWS, -1))
+    sampler = TokenSampler(DecodeConfig(do_sample=True, **settings), seeds=range(DRAWS))
+    # One batched draw: DRAWS independent rows (each its own seed) with the same logits.
+    tokens = sampler(torch.zeros(DRAWS, 1, dtype=torch.long), torch.tensor(LOGITS).expand(DRAWS, -1))
     counts = torch.bincount(tokens, minlength=len(LOGITS)).tolist()
     for i, (count, p) in enumerate(zip(counts, expected)):
         if p == 0.0:
@@ -98,8 +98,8 @@ def hf_probs(logits, temperature, top_k, top_p, min_p):
 def test_a_long_sequence_of_draws_is_generates_with_the_same_seed():
     logits = torch.randn(1, 400, generator=torch.Generator().manual_seed(2)) * 2
     settings = dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.02)
-    sampler = TokenSampler(DecodeConfig(do_sample=True, seed=5, **settings))
-    ours = [int(sampler(logits)) for _ in range(200)]
+    sampler = TokenSampler(DecodeConfig(do_sample=True, **settings), seeds=[5])
+    ours = [int(sampler(torch.zeros(1, 1, dtype=torch.long), logits)) for _ in range(200)]
     torch.manual_seed(5)
     probs = hf_probs(logits, **settings)
     theirs = [int(torch.multinomial(probs, 1)) for _ in range(200)]

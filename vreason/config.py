@@ -59,8 +59,10 @@ class ControllerConfig:
 class DecodeConfig:
     """Decoding. Greedy by default (the anchors decode effectively greedily).
 
-    With `do_sample=True` the filters apply in transformers' order: temperature, top-k, top-p,
-    min-p. `seed` seeds a per-sample generator so a sample's output does not depend on the order
+    With `do_sample=True` the filters apply in transformers' order: temperature, top-H, top-k,
+    top-p, min-p (transformers' own processors, `sampling.py`). `top_h` (Top-H decoding, arXiv
+    2509.02510; None: off) keeps the most likely tokens while the entropy of the kept, renormalised
+    distribution stays within `top_h` times the full distribution's. `seed` seeds a per-sample generator so a sample's output does not depend on the order
     samples run in. `repetition_penalty` (transformers' rule: the logits of every token already in
     the prompt or the output are divided by it when positive, multiplied when negative) applies
     before them, greedy included; 1.0 turns it off. Real Qwen2.5-VL checkpoints ship 1.05 in their
@@ -85,6 +87,7 @@ class DecodeConfig:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
+    top_h: Optional[float] = None
     seed: int = 0
     repetition_penalty: float = 1.0
     nowait: bool = False
@@ -100,6 +103,8 @@ class DecodeConfig:
             raise ValueError(f"decode.top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p < 1.0:
             raise ValueError(f"decode.min_p must be in [0, 1), got {self.min_p}")
+        if self.top_h is not None and not 0.0 < self.top_h <= 1.0:
+            raise ValueError(f"decode.top_h must be in (0, 1] (or None: off), got {self.top_h}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"decode.repetition_penalty must be > 0, got {self.repetition_penalty}")
 

@@ -21,6 +21,15 @@ Another tail (a mixture-of-experts MLP) is differentiated by autograd, recompute
 
 Numerical guard: a non-finite loss or gradient leaves ΔV and the Adam state as they were (a
 device-side select, no host sync) and counts a skipped round; generation continues.
+
+Rows. The controller serves a batch of B samples decoded together (B = 1 for one sample): each
+row has its own ΔV over its own video tokens, its own Adam state and guard; only the tensor
+operations are shared. The rows' video tokens are laid out `[B, n_max]` (row i's n_i first, the
+rest padding slots); a padding slot attends with probability 0, so its gradient is exactly 0, its
+ΔV stays 0 and nothing is ever written to the cache for it. A batch's left padding is masked out
+of the round's attention (the mask is an argument of `round`), so a row's softmax is over its own
+tokens only. A batched round's loss is the SUM of the rows' losses (never their mean): rows share
+no parameter, so each row's step is the one it would take alone.
 """
 from __future__ import annotations
 
@@ -29,55 +38,18 @@ import math
 import torch
 
 from vreason import ops
+from vreason.adam import GuardedAdam
 from vreason.config import ControllerConfig
+from vreason.mixed import f32_product
 from vreason.models.adapter import DecoderAdapter, LayerInput
 
 __all__ = ["ValueController", "AttentionConstants", "GuardedAdam"]
 
 
-class GuardedAdam:
-    """torch.optim.Adam's update (no weight decay, no amsgrad) on one float32 tensor, with the
-    numerical guard: `step(param, grad, ok)` returns the new parameter, and where the 0-d bool
-    `ok` is false the parameter and the state stay as they were and `skipped` counts it. All state
-    lives on the device, so a guarded step never waits on the host."""
-
-    def __init__(self, like: torch.Tensor, lr: float, betas: tuple[float, float], eps: float, rows: bool = False) -> None:
-        # rows: one independent state per leading row of `like` (a batch of samples): step count,
-        # skip count and `ok` are then `[rows, 1, ...]`, broadcast over each row's tensor.
-        self.lr, (self.beta1, self.beta2), self.eps = float(lr), betas, float(eps)
-        self.exp_avg = torch.zeros_like(like)
-        self.exp_avg_sq = torch.zeros_like(like)
-        state = (like.shape[0],) + (1,) * (like.ndim - 1) if rows else ()
-        self.steps = torch.zeros(state, dtype=torch.float32, device=like.device)
-        self.skipped = torch.zeros(state, dtype=torch.int64, device=like.device)
-        self._betas = torch.tensor([self.beta1, self.beta2], dtype=torch.float32, device=like.device).view(2, *(1 for _ in state))
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep the state of these rows only (a per-row state: samples leaving a batch)."""
-        self.exp_avg, self.exp_avg_sq = self.exp_avg.index_select(0, rows), self.exp_avg_sq.index_select(0, rows)
-        self.steps, self.skipped = self.steps.index_select(0, rows), self.skipped.index_select(0, rows)
-
-    def step(self, param: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-        # torch.optim.Adam's arithmetic (lerp for the first moment, addcmul for the second; both
-        # bias corrections from one pow); a non-finite gradient only reaches values the final
-        # selects discard.
-        t = self.steps + 1
-        exp_avg = torch.lerp(self.exp_avg, grad, 1 - self.beta1)
-        exp_avg_sq = torch.addcmul(self.exp_avg_sq * self.beta2, grad, grad, value=1 - self.beta2)
-        correction = 1 - torch.pow(self._betas, t)  # [1 − β1^t, 1 − β2^t]
-        denom = exp_avg_sq.sqrt() / correction[1].sqrt() + self.eps
-        new_param = param - exp_avg / denom * (self.lr / correction[0])
-        self.exp_avg = torch.where(ok, exp_avg, self.exp_avg)
-        self.exp_avg_sq = torch.where(ok, exp_avg_sq, self.exp_avg_sq)
-        self.steps = torch.where(ok, t, self.steps)
-        self.skipped = torch.where(ok, self.skipped, self.skipped + 1)
-        return torch.where(ok, new_param, param)
-
-
 class AttentionConstants:
     """Per round: the current query's attention over the last layer's cache, split into the
-    video part `a_video [1, kv_heads, groups, n_video]` and the fixed rest of the output
-    `o_rest [1, kv_heads, groups, head_dim]` (float32)."""
+    video part `a_video [B, kv_heads, groups, n_video]` and the fixed rest of the output
+    `o_rest [B, kv_heads, groups, head_dim]` (float32)."""
 
     __slots__ = ("a_video", "o_rest")
 
@@ -87,10 +59,12 @@ class AttentionConstants:
 
 
 class ValueController:
-    """ΔV for one sample: created after prefill (and Lite), discarded when the sample ends.
+    """ΔV for a batch of samples (B = 1: one sample): created after prefill (and Lite), discarded
+    when the batch ends; `keep(rows)` drops the samples that left it.
 
-    `video_index` holds the cache indices of the (kept) video tokens in the last layer. V0 is a
-    float32 copy of the last layer's values there; ΔV starts at zero.
+    `video_index`: per row, the cache indices of its (kept) video tokens in the last layer (1-D
+    int64, ascending; one tensor alone is a batch of one). V0 is a float32 copy of the last layer's
+    values there; ΔV starts at zero. The cache's positions are checked once, at the first write.
 
     The tail: where the adapter describes its last layer's tail as a dense SwiGLU block
     (`adapter.dense_tail()`), forward and backward run by hand (`tail.py`), starting from the
@@ -98,25 +72,49 @@ class ValueController:
     experts MLP, say) autograd differentiates the adapter's `tail`, recomputed at the current ΔV.
     """
 
-    def __init__(self, adapter: DecoderAdapter, config: ControllerConfig, cache, video_index: torch.Tensor) -> None:
+    def __init__(self, adapter: DecoderAdapter, config: ControllerConfig, cache, video_index) -> None:
         self.adapter = adapter
         self.config = config
         self.layer = adapter.num_layers - 1
-        self._init_values(cache, video_index)
+        self._init_values(cache, [video_index] if torch.is_tensor(video_index) else list(video_index))
         self.log_vocab = math.log(adapter.vocab_size)
         self.lm_weight = adapter.lm_head_weight()
         self.model_dtype = self.lm_weight.dtype
         self.dense = adapter.dense_tail()
         self._values: tuple | None = None  # (ΔV, leaf, V(leaf)): value_update's graph at that ΔV
 
-    def _init_values(self, cache, video_index: torch.Tensor) -> None:
-        """V0 (float32) at the video tokens, ΔV = 0 and Adam's state."""
+    def _init_values(self, cache, video_index: list[torch.Tensor]) -> None:
+        """V0 (float32) at every row's video tokens, ΔV = 0 and Adam's state (one per row)."""
         config = self.config
-        self.video_index = video_index
         _, values = self.adapter.cache_kv(cache, self.layer)
-        self.v0 = values.index_select(-2, video_index).float()
+        rows, kv, _, head_dim = values.shape
+        if len(video_index) != rows:
+            raise ValueError(f"{len(video_index)} rows of video positions for a cache of {rows} rows")
+        counts = [int(index.numel()) for index in video_index]
+        if min(counts) < 1:
+            raise ValueError("every row needs at least one video (or image) token for the controller")
+        n_max = max(counts)
+        # Padding slots repeat the row's first video token: gathers there stay in range and
+        # zeroing a row's video probabilities (`attention_constants`) zeroes the same entry twice.
+        index = torch.stack([torch.cat([i, i[:1].expand(n_max - i.numel())]) for i in video_index]).to(values.device)
+        self.counts = torch.tensor(counts, dtype=torch.int64, device=values.device)
+        self.valid = torch.arange(n_max, device=values.device) < self.counts[:, None]
+        self.video_index = index
+        gathered = values.gather(2, index[:, None, :, None].expand(rows, kv, n_max, head_dim)).float()
+        # Padding slots hold ones (any finite, nonzero vector): V(ΔV) and its backward stay finite
+        # there, and their gradient is exactly 0 (they attend with probability 0).
+        self.v0 = torch.where(self.valid[:, None, :, None], gathered, torch.ones_like(gathered))
         self.delta = torch.zeros_like(self.v0)
-        self.adam = GuardedAdam(self.v0, config.lr, (config.adam_beta1, config.adam_beta2), config.adam_eps)
+        self.adam = GuardedAdam(self.v0, config.lr, (config.adam_beta1, config.adam_beta2), config.adam_eps, rows=True)
+        self._checked = False  # positions are checked by the first write into the cache only
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep these rows (1-D int64, ascending, on the cache's device) of every per-sample state."""
+        self.v0, self.delta = self.v0.index_select(0, rows), self.delta.index_select(0, rows)
+        self.video_index, self.valid = self.video_index.index_select(0, rows), self.valid.index_select(0, rows)
+        self.counts = self.counts.index_select(0, rows)
+        self.adam.keep(rows)
+        self._values = None
 
     def due(self, k: int) -> bool:
         """Whether generated token k gets a round: k = 0, every_k, 2·every_k, ... (**ours**: the
@@ -125,17 +123,25 @@ class ValueController:
 
     @property
     def skipped(self) -> torch.Tensor:
-        """Adam steps the numerical guard skipped (0-d int64 on the device)."""
-        return self.adam.skipped
+        """Adam steps the numerical guard skipped, per row (`[B]` int64 on the device)."""
+        return self.adam.skipped.reshape(-1)
 
     # ---- the pieces ---------------------------------------------------------------------------
 
-    def attention_constants(self, layer_input: LayerInput, cache) -> AttentionConstants:
+    def attention_constants(self, layer_input: LayerInput, cache, padding: torch.Tensor | None = None) -> AttentionConstants:
+        """The current query's attention over the last layer's cache; `padding` `[B, seq]` bool
+        (True at a row's left padding) or None (no row has any)."""
         keys, values = self.adapter.cache_kv(cache, self.layer)
-        query = self.adapter.query(layer_input)  # [1, kv, groups, head_dim], scaled
-        probs = torch.softmax(query @ keys.float().transpose(-1, -2), dim=-1)  # [1, kv, groups, seq]
-        a_video = probs.index_select(-1, self.video_index)
-        o_rest = probs.index_fill(-1, self.video_index, 0.0) @ values.float()
+        query = self.adapter.query(layer_input)  # [B, kv, groups, head_dim], scaled
+        # Keys and values are read in their dtype, accumulated in float32 (`mixed.py`).
+        scores = f32_product(query, keys.transpose(-1, -2))  # [B, kv, groups, seq]
+        if padding is not None:
+            scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        rows, kv, groups, _ = probs.shape
+        index = self.video_index[:, None, None, :].expand(rows, kv, groups, self.video_index.shape[-1])
+        a_video = probs.gather(-1, index).masked_fill(~self.valid[:, None, None, :], 0.0)
+        o_rest = f32_product(probs.scatter(-1, index, 0.0), values)
         return AttentionConstants(a_video, o_rest)
 
     def final_hidden(self, layer_input: LayerInput, consts: AttentionConstants, delta: torch.Tensor) -> torch.Tensor:
@@ -156,10 +162,11 @@ class ValueController:
             (grad_z,) = torch.autograd.grad(entropy, z, grad_outputs=torch.neg(alpha).expand_as(entropy))
         return alpha * (self.log_vocab - entropy.detach()), grad_z
 
-    def gradient(self, layer_input: LayerInput, cache, logits: torch.Tensor, alpha: torch.Tensor):
+    def gradient(self, layer_input: LayerInput, cache, logits: torch.Tensor, alpha: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None):
         """`(L, ∂L/∂ΔV)` at the current ΔV, where `logits` are the model's logits for the current
         token (computed with the current ΔV in the cache)."""
-        consts = self.attention_constants(layer_input, cache)
+        consts = self.attention_constants(layer_input, cache, _padding(attention_mask))
         if self.dense is None:
             delta, hidden = self._tail_graph(layer_input, consts)
             return self._loss_and_grad(delta, hidden, logits, alpha)
@@ -221,15 +228,17 @@ class ValueController:
 
     # ---- one round ----------------------------------------------------------------------------
 
-    def round(self, layer_input: LayerInput, cache, logits: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def round(self, layer_input: LayerInput, cache, logits: torch.Tensor, alpha: torch.Tensor,
+              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`steps` Adam steps on ΔV minimizing L at the current token; the updated values are
-        written into the cache. Returns the current token's logits `[1, vocab]` at the new ΔV.
+        written into the cache. Returns the current token's logits `[B, vocab]` at the new ΔV.
 
-        `logits` and, where present, `layer_input.tail` are the model's at the current ΔV; the
-        round leaves its own activations at the new ΔV in `layer_input.tail`, so a second round
-        on the same token continues from there. A fixed sequence of tensor operations: no host
-        sync, no branch on a value."""
-        consts = self.attention_constants(layer_input, cache)
+        `attention_mask`: `[B, seq]` over the current cache, 0 at a row's left padding (None: no
+        row has padding). `logits` and, where present, `layer_input.tail` are the model's at the
+        current ΔV; the round leaves its own activations at the new ΔV in `layer_input.tail`, so a
+        second round on the same token continues from there. A fixed sequence of tensor
+        operations: no host sync, no branch on a value."""
+        consts = self.attention_constants(layer_input, cache, _padding(attention_mask))
         _, values_cache = self.adapter.cache_kv(cache, self.layer)
         if self.dense is None:
             return self._autograd_round(layer_input, consts, values_cache, logits, alpha)
@@ -246,13 +255,15 @@ class ValueController:
         return logits
 
     def _step(self, loss: torch.Tensor, grad: torch.Tensor, values_cache: torch.Tensor) -> None:
-        """One guarded Adam step on ΔV, written into the cache."""
+        """One guarded Adam step per row (each row's own guard), written into the cache at the
+        rows' video tokens (the fused `ops.value_update_`; padding slots are never written)."""
         # Finite iff x − x == 0 for x = L + Σ grad: a NaN or ±inf anywhere makes the sum NaN or
         # ±inf (an overflow of the sum of finite values would count as non-finite: harmless).
-        total = (loss + grad.sum()).reshape(())
-        ok = (total - total) == 0
+        total = loss.reshape(-1) + grad.sum(dim=(1, 2, 3))
+        ok = ((total - total) == 0).view(-1, 1, 1, 1)
         self.delta = self.adam.step(self.delta, grad, ok)
-        ops.value_update_(values_cache, self.video_index, self.v0, self.delta)
+        ops.value_update_(values_cache, self.video_index, self.v0, self.delta, counts=self.counts, check=not self._checked)
+        self._checked = True
 
     def _autograd_round(self, layer_input, consts, values_cache, logits, alpha) -> torch.Tensor:
         steps = self.config.steps
@@ -267,3 +278,8 @@ class ValueController:
             else:
                 logits = self.logits_of(self.final_hidden(layer_input, consts, self.delta))
         return logits
+
+
+def _padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`[B, seq]` bool, True at left padding, from an attention mask (None stays None)."""
+    return None if attention_mask is None else attention_mask == 0

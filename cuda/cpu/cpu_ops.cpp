@@ -338,17 +338,20 @@ void value_update_backward_rows(const acc_t* grad, const acc_t* v0, const acc_t*
   });
 }
 
-// Rows r of v0/delta ([batch, heads, num, dim] contiguous) go to cache[b, h, positions[j], :].
+// Rows r of v0/delta ([batch, heads, num, dim] contiguous) go to cache[b, h, positions[b·row_stride + j], :]
+// (row_stride 0: the same positions for every b), for j < counts[b] (all num where counts is null).
 template <typename cache_t, typename acc_t>
 void value_update_scatter_rows(cache_t* cache, const int64_t* strides, int64_t heads, const int64_t* positions,
-                               int64_t num, const acc_t* v0, const acc_t* delta, int64_t rows, int64_t dim) {
+                               int64_t row_stride, const int64_t* counts, int64_t num, const acc_t* v0,
+                               const acc_t* delta, int64_t rows, int64_t dim) {
   const int64_t sb = strides[0], sh = strides[1], ss = strides[2], sd = strides[3];
   at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (heads * num), h = (r / num) % heads, j = r % num;
+      if (counts != nullptr && j >= counts[b]) continue;
       const acc_t *v = v0 + r * dim, *dl = delta + r * dim;
       const auto row = value_update_row_of(v, dl, dim);
-      cache_t* dst = cache + b * sb + h * sh + positions[j] * ss;
+      cache_t* dst = cache + b * sb + h * sh + positions[b * row_stride + j] * ss;
       for (int64_t i = 0; i < dim; ++i) dst[i * sd] = static_cast<cache_t>(math::value_update_elem(row, v[i], dl[i]));
     }
   });
@@ -383,15 +386,28 @@ at::Tensor value_update_backward_cpu(const at::Tensor& grad, const at::Tensor& v
 }
 
 void value_update_inplace_cpu(at::Tensor& cache, const at::Tensor& positions, const at::Tensor& v0,
-                              const at::Tensor& delta) {
-  check_value_update_inplace(cache, positions, v0, delta, /*allow_double=*/true);
+                              const at::Tensor& delta, const c10::optional<at::Tensor>& counts, bool check) {
+  check_value_update_inplace(cache, positions, v0, delta, counts, /*allow_double=*/true);
   const int64_t seq = cache.size(2);
   const at::Tensor pos = positions.contiguous();
   const int64_t* pp = pos.const_data_ptr<int64_t>();
-  const int64_t num = pos.numel();
+  const bool per_row = pos.dim() == 2;
+  const int64_t num = pos.size(-1), row_stride = per_row ? num : 0;
+  const at::Tensor cnt = counts.has_value() ? counts->contiguous() : at::Tensor();
+  const int64_t* cp_counts = cnt.defined() ? cnt.const_data_ptr<int64_t>() : nullptr;
+  if (cp_counts != nullptr) {
+    for (int64_t b = 0; b < cnt.numel(); ++b)
+      TORCH_CHECK(cp_counts[b] >= 0 && cp_counts[b] <= num, "vreason.ops.value_update_: counts[", b, "] = ",
+                  cp_counts[b], " is not in [0, ", num, "]");
+  }
   // Every position is checked before anything is written (also when batch or heads is 0).
-  const int64_t bad = first_bad_position(pp, num, seq);
-  if (bad >= 0) fail_position(pp, bad, seq);
+  if (check) {
+    for (int64_t b = 0; b < (per_row ? pos.size(0) : 1); ++b) {
+      const int64_t n = cp_counts != nullptr ? cp_counts[b] : num;
+      const int64_t bad = first_bad_position(pp + b * row_stride, n, seq);
+      if (bad >= 0) fail_position(pp + b * row_stride, bad, seq, per_row ? b : -1);
+    }
+  }
   const at::Tensor a = v0.contiguous(), d = delta.contiguous();
   const int64_t heads = cache.size(1), dim = cache.size(3);
   const int64_t rows = a.numel() / dim;  // batch · heads · num, in v0's order
@@ -400,7 +416,7 @@ void value_update_inplace_cpu(at::Tensor& cache, const at::Tensor& positions, co
     using cache_t = scalar_t;
     cache_t* cp = cache.mutable_data_ptr<cache_t>();
     AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "vreason::value_update_", [&] {
-      value_update_scatter_rows(cp, strides, heads, pp, num, a.const_data_ptr<scalar_t>(),
+      value_update_scatter_rows(cp, strides, heads, pp, row_stride, cp_counts, num, a.const_data_ptr<scalar_t>(),
                                 d.const_data_ptr<scalar_t>(), rows, dim);
     });
   });

@@ -11,7 +11,8 @@ at::Tensor entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& logits
 at::Tensor value_update_cpu(const at::Tensor& v0, const at::Tensor& delta);
 at::Tensor value_update_backward_cpu(const at::Tensor& grad, const at::Tensor& v0, const at::Tensor& delta);
 void value_update_inplace_cpu(at::Tensor& cache, const at::Tensor& positions, const at::Tensor& v0,
-                              const at::Tensor& delta);
+                              const at::Tensor& delta, const c10::optional<at::Tensor>& counts = c10::nullopt,
+                              bool check = true);
 
 // Which CPU entropy path runs: 0 scalar, 1 AVX2, 2 AVX-512F (float32; bf16/fp16 use AVX2 at
 // level 2). The default is the highest the CPU supports, or 0 when VREASON_DISABLE_SIMD was set

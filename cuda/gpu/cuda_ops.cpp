@@ -113,29 +113,38 @@ at::Tensor value_update_backward_cuda(const at::Tensor& grad, const at::Tensor& 
 }
 
 // Positions are checked on the device before anything is written (the launcher's first kernel),
-// also when batch or heads is 0; a bad one makes the update write nothing, and with
-// VREASON_CUDA_CHECKS=1 raises the CPU's error.
+// also when batch or heads is 0, unless `check` is false (a caller that already checked them); a
+// bad one makes the update write nothing, and with VREASON_CUDA_CHECKS=1 raises the CPU's error.
+// Counts stay on the device (reading them would sync): a count outside [0, n] is the caller's bug.
 void value_update_inplace_cuda(at::Tensor& cache, const at::Tensor& positions, const at::Tensor& v0,
-                               const at::Tensor& delta) {
-  check_value_update_inplace(cache, positions, v0, delta, /*allow_double=*/false);
+                               const at::Tensor& delta, const c10::optional<at::Tensor>& counts, bool check) {
+  check_value_update_inplace(cache, positions, v0, delta, counts, /*allow_double=*/false);
   const c10::cuda::CUDAGuard guard(cache.device());
   const at::Tensor pos = positions.contiguous(), a = v0.contiguous(), d = delta.contiguous();
-  if (pos.numel() == 0) return;
+  const at::Tensor cnt = counts.has_value() ? counts->contiguous() : at::Tensor();
+  const bool per_row = pos.dim() == 2;
+  const int64_t num = pos.size(-1);
+  if (num == 0) return;
   const gpu::CacheView view{cache.mutable_data_ptr(), gpu_dtype(cache.scalar_type()),
                             cache.size(0),           cache.size(1),
                             cache.size(2),           cache.size(3),
                             cache.stride(0),         cache.stride(1),
                             cache.stride(2),         cache.stride(3)};
-  at::Tensor scratch = at::empty({cache.size(2) + 1}, cache.options().dtype(at::kLong));
-  C10_CUDA_CHECK(gpu::value_update_inplace(view, pos.const_data_ptr<int64_t>(), pos.numel(), a.const_data_ptr<float>(),
-                                           d.const_data_ptr<float>(),
-                                           reinterpret_cast<unsigned long long*>(scratch.mutable_data_ptr<int64_t>()),
-                                           c10::cuda::getCurrentCUDAStream()));
-  if (cuda_checks_enabled()) {
-    const int64_t bad = scratch[cache.size(2)].item<int64_t>();
+  const gpu::Positions where{pos.const_data_ptr<int64_t>(), per_row ? pos.size(0) : 1, num, per_row ? num : 0,
+                             cnt.defined() ? cnt.const_data_ptr<int64_t>() : nullptr};
+  at::Tensor scratch;
+  if (check) scratch = at::empty({where.position_rows * cache.size(2) + 1}, cache.options().dtype(at::kLong));
+  C10_CUDA_CHECK(gpu::value_update_inplace(
+      view, where, a.const_data_ptr<float>(), d.const_data_ptr<float>(),
+      check ? reinterpret_cast<unsigned long long*>(scratch.mutable_data_ptr<int64_t>()) : nullptr,
+      c10::cuda::getCurrentCUDAStream()));
+  if (check && cuda_checks_enabled()) {
+    const int64_t bad = scratch[where.position_rows * cache.size(2)].item<int64_t>();
     if (bad != -1) {
       const at::Tensor host = pos.cpu();
-      fail_position(host.const_data_ptr<int64_t>(), bad, cache.size(2));
+      const int64_t row = bad / num;
+      fail_position(host.const_data_ptr<int64_t>() + row * where.row_stride, bad % num, cache.size(2),
+                    per_row ? row : -1);
     }
   }
 }

@@ -36,13 +36,24 @@ struct CacheView {
   int64_t stride_b, stride_h, stride_s, stride_d;
 };
 
-// cache[b, h, positions[j], :] = value_update(v0, delta)[b, h, j, :] (v0/delta contiguous
-// [batch, heads, num_positions, dim] float32), all or nothing: a first kernel checks every
-// position (in range, not a repeat of an earlier one) into scratch (cache.seq + 1 entries; the
-// last one receives the first bad index j, or all bits set when there is none), and the update
-// kernel writes nothing when it found one. The check runs also when batch or heads is 0.
-cudaError_t value_update_inplace(const CacheView& cache, const int64_t* positions, int64_t num_positions,
-                                 const float* v0, const float* delta, unsigned long long* scratch,
-                                 cudaStream_t stream);
+// Which cache rows value_update_inplace writes: positions[p · row_stride + j] for j < num, with
+// p = b for per-row positions (row_stride = num; `position_rows` = batch) or p = 0 for one set
+// shared by every batch row (row_stride = 0; position_rows = 1). counts (device, may be null):
+// row b writes only its slots j < counts[b] (counts[b] in [0, num]).
+struct Positions {
+  const int64_t* data;
+  int64_t position_rows, num, row_stride;
+  const int64_t* counts;
+};
+
+// cache[b, h, positions(b, j), :] = value_update(v0, delta)[b, h, j, :] (v0/delta contiguous
+// [batch, heads, num, dim] float32). With `scratch` (position_rows · cache.seq + 1 entries) the
+// update is all or nothing: a first kernel checks every written position of every row (in range,
+// not a repeat of an earlier one of the same row), the last entry receives the first bad flat
+// index p · num + j, or all bits set when there is none, and the update kernel writes nothing
+// when it found one (the check runs also when batch or heads is 0). A null `scratch` skips the
+// check (positions already checked by an earlier call).
+cudaError_t value_update_inplace(const CacheView& cache, const Positions& positions, const float* v0,
+                                 const float* delta, unsigned long long* scratch, cudaStream_t stream);
 
 }  // namespace vreason::gpu

@@ -65,37 +65,45 @@ __global__ void __launch_bounds__(kMaxThreads) value_update_backward_kernel(cons
 constexpr unsigned long long kNone = ~0ull;
 constexpr int kCheckThreads = 256;
 
-// One block checks every position: owner[p] = the first j that writes position p (atomicMin over
-// j), then j is bad if its position is out of range or owned by an earlier j (a repeat). *bad is
-// the first bad j, kNone when there is none.
+// One block per row p of positions checks that row's written slots: owner[p·seq + q] = the first
+// j that writes position q (atomicMin over j), then j is bad if its position is out of range or
+// owned by an earlier j (a repeat). *bad is the first bad flat index p·num + j, kNone when there
+// is none (set by the launcher before the check).
 __global__ void __launch_bounds__(kCheckThreads)
-    check_positions_kernel(const int64_t* positions, int64_t num, int64_t seq, unsigned long long* owner,
-                           unsigned long long* bad) {
-  if (threadIdx.x == 0) *bad = kNone;
-  for (int64_t p = threadIdx.x; p < seq; p += blockDim.x) owner[p] = kNone;
+    check_positions_kernel(Positions positions, int64_t seq, unsigned long long* owner, unsigned long long* bad) {
+  const int64_t p = blockIdx.x;
+  const int64_t* row = positions.data + p * positions.row_stride;
+  const int64_t given = positions.counts != nullptr ? positions.counts[p] : positions.num;
+  const int64_t num = given < 0 ? 0 : (given > positions.num ? positions.num : given);
+  unsigned long long* own = owner + p * seq;
+  for (int64_t q = threadIdx.x; q < seq; q += blockDim.x) own[q] = kNone;
   __syncthreads();
   for (int64_t j = threadIdx.x; j < num; j += blockDim.x) {
-    const int64_t p = positions[j];
-    if (p >= 0 && p < seq) atomicMin(owner + p, static_cast<unsigned long long>(j));
+    const int64_t q = row[j];
+    if (q >= 0 && q < seq) atomicMin(own + q, static_cast<unsigned long long>(j));
   }
   __syncthreads();
   for (int64_t j = threadIdx.x; j < num; j += blockDim.x) {
-    const int64_t p = positions[j];
-    if (p < 0 || p >= seq || owner[p] != static_cast<unsigned long long>(j)) {
-      atomicMin(bad, static_cast<unsigned long long>(j));
+    const int64_t q = row[j];
+    if (q < 0 || q >= seq || own[q] != static_cast<unsigned long long>(j)) {
+      atomicMin(bad, static_cast<unsigned long long>(p * positions.num + j));
     }
   }
 }
 
+__global__ void reset_flag_kernel(unsigned long long* bad) { *bad = kNone; }
+
 template <typename T>
 __global__ void __launch_bounds__(kMaxThreads)
-    value_update_inplace_kernel(CacheView cache, const int64_t* positions, int64_t num, const float* v0,
-                                const float* delta, const unsigned long long* bad) {
+    value_update_inplace_kernel(CacheView cache, Positions positions, const float* v0, const float* delta,
+                                const unsigned long long* bad) {
   __shared__ Float3 scratch[kMaxThreads / kWarp];
-  if (*bad != kNone) return;  // uniform over the grid: all or nothing
+  if (bad != nullptr && *bad != kNone) return;  // uniform over the grid: all or nothing
+  const int64_t num = positions.num;
   const int64_t r = blockIdx.x;  // row of v0/delta: (b, h, j)
   const int64_t j = r % num, h = (r / num) % cache.heads, b = r / (num * cache.heads);
-  const int64_t pos = positions[j];
+  if (positions.counts != nullptr && j >= positions.counts[b]) return;  // uniform over the block
+  const int64_t pos = positions.data[(positions.row_stride != 0 ? b : 0) * positions.row_stride + j];
   const int64_t offset = r * cache.dim;
   const auto row = row_coefficients(v0 + offset, delta + offset, cache.dim, scratch);
   T* dst = static_cast<T*>(cache.data) + b * cache.stride_b + h * cache.stride_h + pos * cache.stride_s;
@@ -104,9 +112,9 @@ __global__ void __launch_bounds__(kMaxThreads)
 }
 
 template <typename T>
-void launch_inplace(dim3 grid, dim3 block, const CacheView& cache, const int64_t* positions, int64_t num,
-                    const float* v0, const float* delta, const unsigned long long* bad, cudaStream_t stream) {
-  VR_LAUNCH(value_update_inplace_kernel<T>, grid, block, stream)(cache, positions, num, v0, delta, bad);
+void launch_inplace(dim3 grid, dim3 block, const CacheView& cache, const Positions& positions, const float* v0,
+                    const float* delta, const unsigned long long* bad, cudaStream_t stream) {
+  VR_LAUNCH(value_update_inplace_kernel<T>, grid, block, stream)(cache, positions, v0, delta, bad);
 }
 
 }  // namespace
@@ -126,22 +134,25 @@ cudaError_t value_update_backward(const float* grad, const float* v0, const floa
   return cudaGetLastError();
 }
 
-cudaError_t value_update_inplace(const CacheView& cache, const int64_t* positions, int64_t num_positions,
-                                 const float* v0, const float* delta, unsigned long long* scratch,
-                                 cudaStream_t stream) {
-  const int64_t rows = cache.batch * cache.heads * num_positions;
-  if (rows > INT_MAX) return cudaErrorInvalidValue;
-  unsigned long long* bad = scratch + cache.seq;
-  VR_LAUNCH(check_positions_kernel, 1, kCheckThreads, stream)(positions, num_positions, cache.seq, scratch, bad);
+cudaError_t value_update_inplace(const CacheView& cache, const Positions& positions, const float* v0,
+                                 const float* delta, unsigned long long* scratch, cudaStream_t stream) {
+  const int64_t rows = cache.batch * cache.heads * positions.num;
+  if (rows > INT_MAX || positions.position_rows > INT_MAX) return cudaErrorInvalidValue;
+  unsigned long long* bad = nullptr;
+  if (scratch != nullptr) {
+    bad = scratch + positions.position_rows * cache.seq;
+    VR_LAUNCH(reset_flag_kernel, 1, 1, stream)(bad);
+    if (positions.position_rows > 0)
+      VR_LAUNCH(check_positions_kernel, static_cast<unsigned>(positions.position_rows), kCheckThreads, stream)(
+          positions, cache.seq, scratch, bad);
+  }
   if (rows == 0) return cudaGetLastError();
   const dim3 grid(static_cast<unsigned>(rows)), block(threads_for(cache.dim));
   switch (cache.dtype) {
-    case DType::Float32: launch_inplace<float>(grid, block, cache, positions, num_positions, v0, delta, bad, stream); break;
-    case DType::Float16: launch_inplace<__half>(grid, block, cache, positions, num_positions, v0, delta, bad, stream); break;
-    case DType::BFloat16:
-      launch_inplace<__nv_bfloat16>(grid, block, cache, positions, num_positions, v0, delta, bad, stream);
-      break;
-    case DType::Float64: launch_inplace<double>(grid, block, cache, positions, num_positions, v0, delta, bad, stream); break;
+    case DType::Float32: launch_inplace<float>(grid, block, cache, positions, v0, delta, bad, stream); break;
+    case DType::Float16: launch_inplace<__half>(grid, block, cache, positions, v0, delta, bad, stream); break;
+    case DType::BFloat16: launch_inplace<__nv_bfloat16>(grid, block, cache, positions, v0, delta, bad, stream); break;
+    case DType::Float64: launch_inplace<double>(grid, block, cache, positions, v0, delta, bad, stream); break;
   }
   return cudaGetLastError();
 }

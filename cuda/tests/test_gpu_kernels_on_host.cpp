@@ -165,15 +165,53 @@ gpu::CacheView view_of(at::Tensor& cache) {
           cache.stride(0), cache.stride(1), cache.stride(2), cache.stride(3)};
 }
 
-// Runs the in-place launcher; returns the first bad index it reports (-1 for none).
+// Runs the in-place launcher with one set of positions for every batch row; returns the first
+// bad index it reports (-1 for none).
 int64_t run_inplace(at::Tensor& cache, const std::vector<int64_t>& positions, const at::Tensor& v0, const at::Tensor& d,
                     const std::string& t) {
   std::vector<unsigned long long> scratch(cache.size(2) + 1, 12345);
   const gpu::CacheView view = view_of(cache);
-  check(gpu::value_update_inplace(view, positions.data(), static_cast<int64_t>(positions.size()), v0.data_ptr<float>(),
-                                  d.data_ptr<float>(), scratch.data(), nullptr) == cudaSuccess,
+  const gpu::Positions where{positions.data(), 1, static_cast<int64_t>(positions.size()), 0, nullptr};
+  check(gpu::value_update_inplace(view, where, v0.data_ptr<float>(), d.data_ptr<float>(), scratch.data(), nullptr) ==
+            cudaSuccess,
         "value_update_inplace launch" + t);
   return scratch.back() == kNone ? -1 : static_cast<int64_t>(scratch.back());
+}
+
+// Per-row positions [batch, num] with counts: row b writes its first counts[b] slots at its own
+// positions, nothing else; a bad position in a row's written slots is reported (flat index) and
+// nothing is written; without scratch nothing is checked.
+void test_value_update_inplace_per_row() {
+  const int64_t batch = 3, heads = 2, seq = 9, dim = 33, num = 4;
+  at::Tensor cache = at::randn({batch, heads, seq, dim});
+  const at::Tensor before = cache.clone();
+  // Row 0 writes 4 slots, row 1 two (its padding slots repeat a written position), row 2 none.
+  std::vector<int64_t> positions{8, 1, 4, 0, 2, 7, 2, 2, 5, 5, 5, 5};
+  const std::vector<int64_t> counts{4, 2, 0};
+  const at::Tensor v0 = at::randn({batch, heads, num, dim}), d = 0.3 * at::randn({batch, heads, num, dim});
+  std::vector<unsigned long long> scratch(batch * seq + 1, 7);
+  gpu::Positions where{positions.data(), batch, num, num, counts.data()};
+  check(gpu::value_update_inplace(view_of(cache), where, v0.data_ptr<float>(), d.data_ptr<float>(), scratch.data(),
+                                  nullptr) == cudaSuccess && scratch.back() == kNone,
+        "value_update_ per row: launch, no bad position");
+  const at::Tensor want = oracle_value_update(v0, d, at::zeros_like(v0)).first;
+  at::Tensor expected = before.to(at::kDouble);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < counts[b]; ++j)
+      expected.index_put_({b, Slice(), positions[b * num + j]}, want.index({b, Slice(), j}));
+  check(worst(cache, expected, 1e-5, 1e-6) <= 1, "value_update_ per row writes each row's own slots only");
+  // A repeat inside row 1's written slots: flat index 1·num + 1, nothing written.
+  positions[5] = 2;
+  at::Tensor fresh = before.clone();
+  std::fill(scratch.begin(), scratch.end(), 7);
+  check(gpu::value_update_inplace(view_of(fresh), where, v0.data_ptr<float>(), d.data_ptr<float>(), scratch.data(),
+                                  nullptr) == cudaSuccess && scratch.back() == static_cast<unsigned long long>(num + 1),
+        "value_update_ per row reports the first bad flat index");
+  check(at::equal(fresh, before), "value_update_ per row writes nothing on a bad position");
+  // Unchecked (positions validated by an earlier call): the same call writes.
+  check(gpu::value_update_inplace(view_of(fresh), where, v0.data_ptr<float>(), d.data_ptr<float>(), nullptr, nullptr) ==
+            cudaSuccess && !at::equal(fresh, before),
+        "value_update_ without scratch writes unchecked");
 }
 
 void test_value_update_inplace(at::ScalarType dtype, int64_t dim, bool strided) {
@@ -236,6 +274,7 @@ int main(int argc, char** argv) {
   }
   for (int64_t dim : {1, 31, 32, 33, 80, 128, 129, 1000, 1024, 1500}) test_value_update(3, dim);
   test_value_update(64, 128);
+  test_value_update_inplace_per_row();
   for (auto dtype : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
     for (int64_t dim : {8, 128, 129}) test_value_update_inplace(dtype, dim, /*strided=*/dim == 129);
   }

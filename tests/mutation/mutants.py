@@ -23,16 +23,17 @@ class Mutant:
 
 SWITCHING = "vreason/switching.py"
 CONTROLLER = "vreason/controller.py"
-GENERATION = "vreason/generation.py"
+DECODE = "vreason/decode.py"
+ADAM = "vreason/adam.py"
 PRUNING = "vreason/pruning.py"
 SAMPLING = "vreason/sampling.py"
 SCORING = "vreason/scoring.py"
-BATCH_CONTROLLER = "vreason/batch_controller.py"
-BATCH_CACHE = "vreason/batch_cache.py"
-BATCH_GENERATION = "vreason/batch_generation.py"
 TAIL = "vreason/tail.py"
 # Batched rows against each sample alone (float64): padding, Lite re-padding, seeds.
 BATCH_EXACT = "tests/test_batch.py::test_every_row_equals_its_sample_alone_float64"
+FAMILY_BATCH = "tests/test_family_batch.py::"
+QWEN3_5 = "vreason/models/qwen3_5.py"
+LLAVA_ONEVISION = "vreason/models/llava_onevision.py"
 # The controller-round oracle (float32; bf16 runs in the suite): exact ΔV, cache and logits.
 ORACLE_F32 = "tests/test_controller_oracle.py::test_round_equals_torch_adam_on_brute_force_gradients[1.0-float32]"
 
@@ -61,18 +62,21 @@ MUTANTS: list[Mutant] = [
            ("tests/test_scoring.py",), "numerical answers agree to two decimals"),
     # ---- sampling filters ---------------------------------------------------------------------
     Mutant("temperature-multiplies", SAMPLING,
-           "scores = scores / temperature", "scores = scores * temperature",
+           "TemperatureLogitsWarper(decode.temperature)", "TemperatureLogitsWarper(1.0 / decode.temperature)",
            ("tests/test_sampling.py",), "temperature divides the logits"),
-    Mutant("top-p-drops-the-best-token", SAMPLING,
-           "sorted_remove[..., -1:] = False", "sorted_remove[..., :1] = False",
-           ("tests/test_sampling.py",), "top-p always keeps the most likely token"),
-    Mutant("min-p-not-relative-to-the-top", SAMPLING,
-           "remove = probs < min_p * probs.amax(dim=-1, keepdim=True)", "remove = probs < min_p",
-           ("tests/test_sampling.py",), "min-p scales with the top probability"),
+    Mutant("top-p-threshold-not-plumbed", SAMPLING,
+           "TopPLogitsWarper(top_p=decode.top_p)", "TopPLogitsWarper(top_p=decode.top_p ** 2)",
+           ("tests/test_sampling.py",), "top-p keeps the smallest set of best tokens reaching mass top_p"),
+    Mutant("min-p-threshold-not-plumbed", SAMPLING,
+           "MinPLogitsWarper(min_p=decode.min_p)", "MinPLogitsWarper(min_p=decode.min_p / 10)",
+           ("tests/test_sampling.py",), "min-p drops tokens below min_p times the top probability"),
     Mutant("repetition-penalty-wrong-way", SAMPLING,
-           "torch.where(scores < 0, scores * penalty, scores / penalty)",
-           "torch.where(scores < 0, scores / penalty, scores * penalty)",
+           "RepetitionPenaltyLogitsProcessor(penalty=decode.repetition_penalty)",
+           "RepetitionPenaltyLogitsProcessor(penalty=1.0 / decode.repetition_penalty)",
            ("tests/test_sampling.py",), "a penalty lowers a seen token's score whatever its sign"),
+    Mutant("top-h-not-plumbed", SAMPLING,
+           "TopHLogitsWarper(top_h=decode.top_h)", "TopHLogitsWarper(top_h=1.0)",
+           ("tests/test_sampling.py",), "top-H bounds the kept tokens' entropy by top_h times the full entropy"),
     # ---- Lite ---------------------------------------------------------------------------------
     Mutant("lite-keeps-the-smallest-norms", PRUNING,
            "torch.sort(norms, descending=True, stable=True)", "torch.sort(norms, descending=False, stable=True)",
@@ -81,8 +85,8 @@ MUTANTS: list[Mutant] = [
            "return int(n_video * ratio)", "return -int(-n_video * ratio // 1)",
            ("tests/test_pruning.py",), "floor(r · n_video) tokens are dropped"),
     Mutant("lite-video-index-not-renumbered", PRUNING,
-           "kept_video_index.append(new_index[video_positions[keep_video]])",
-           "kept_video_index.append(video_positions[keep_video])",
+           "kept_index.append(new_index.index_select(0, positions.index_select(0, kept_video)))",
+           "kept_index.append(positions.index_select(0, kept_video))",
            ("tests/test_pruning.py",), "kept video tokens' cache indices shift down after pruning"),
     # ---- resume keys --------------------------------------------------------------------------
     Mutant("resume-key-without-controller", "vreason/module.py",
@@ -113,9 +117,9 @@ MUTANTS: list[Mutant] = [
            "(config.adam_beta1, config.adam_beta2)", "(0.9, 0.999)",
            (ORACLE_F32,), "--model.controller.adam_beta1/2 reach Adam"),
     Mutant("adam-ignores-configured-eps", CONTROLLER,
-           "(config.adam_beta1, config.adam_beta2), config.adam_eps)", "(config.adam_beta1, config.adam_beta2), 1e-8)",
+           "(config.adam_beta1, config.adam_beta2), config.adam_eps,", "(config.adam_beta1, config.adam_beta2), 1e-8,",
            (ORACLE_F32,), "--model.controller.adam_eps reaches Adam"),
-    Mutant("adam-without-second-moment-bias-correction", CONTROLLER,
+    Mutant("adam-without-second-moment-bias-correction", ADAM,
            "denom = exp_avg_sq.sqrt() / correction[1].sqrt() + self.eps", "denom = exp_avg_sq.sqrt() + self.eps",
            ("tests/test_controller.py::test_guarded_adam_matches_torch_adam_and_skips_non_finite_steps",),
            "Adam's update, as torch.optim.Adam"),
@@ -127,42 +131,55 @@ MUTANTS: list[Mutant] = [
            "self._values = (self.delta, leaf, self.v0 + leaf)",
            (ORACLE_F32,), "V(ΔV) = (V0+ΔV)/‖V0+ΔV‖·‖V0‖, differentiated as such"),
     Mutant("delta-v-never-written-to-the-cache", CONTROLLER,
-           "        ops.value_update_(values_cache, self.video_index, self.v0, self.delta)\n", "",
+           "        ops.value_update_(values_cache, self.video_index, self.v0, self.delta, counts=self.counts, "
+           "check=not self._checked)\n", "",
            (ORACLE_F32,), "ΔV reaches the model through the cache"),
     Mutant("rounds-off-by-one-token", CONTROLLER,
            "return k % self.config.every_k == 0", "return (k + 1) % self.config.every_k == 0",
            ("tests/test_generation.py::test_result_traces",), "rounds at k = 0, every_k, 2·every_k, ..."),
-    Mutant("ema-beta-not-plumbed", GENERATION,
-           "EntropySwitch(cfg.mode, cfg.ema_beta, device)", "EntropySwitch(cfg.mode, 0.9, device)",
+    Mutant("ema-beta-not-plumbed", DECODE,
+           "EntropySwitch(cfg.mode, cfg.ema_beta, device, batch=True)", "EntropySwitch(cfg.mode, 0.9, device, batch=True)",
            ("tests/test_config_plumbing.py::test_ema_alpha_and_rounds_follow_the_given_beta_and_every_k",),
            "--model.controller.ema_beta reaches the switch"),
-    Mutant("lite-renumbers-decode-positions", GENERATION,
-           "adapter.decode_step(token, cache, next_positions + k)",
-           "adapter.decode_step(token, cache, next_positions + k - num_pruned(n_video, cfg.prune_ratio))",
+    Mutant("lite-renumbers-decode-positions", DECODE,
+           "adapter.decode_step(token.view(-1, 1), cache, positions + k,",
+           "adapter.decode_step(token.view(-1, 1), cache, positions + k - num_pruned(max(n_video), cfg.prune_ratio),",
            ("tests/test_pruning.py::test_pruned_run_keeps_the_unpruned_positions",),
            "after Lite, new tokens keep the unpruned sequence's positions"),
-    Mutant("lite-rerun-at-the-wrong-position", GENERATION,
-           "rerun_last_prompt_token(adapter, cache, prompt, prefill.next_position_ids - 1)",
-           "rerun_last_prompt_token(adapter, cache, prompt, prefill.next_position_ids)",
+    Mutant("lite-rerun-at-the-wrong-position", DECODE,
+           "rerun_last_prompt_token(cache, prompt, prefill.next_position_ids - 1,",
+           "rerun_last_prompt_token(cache, prompt, prefill.next_position_ids,",
            ("tests/test_pruning.py::test_pruned_run_keeps_the_unpruned_positions",),
            "the last prompt token runs again at its own position"),
     # ---- batched decoding: every row must stay the sample it is alone --------------------------
-    Mutant("batch-attends-to-padding", BATCH_CONTROLLER,
-           'scores = scores.masked_fill(self._padding, float("-inf"))', "scores = scores",
+    Mutant("batch-attends-to-padding", CONTROLLER,
+           'scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))', "scores = scores",
            (BATCH_EXACT,), "a row's round attends to its own tokens only, never to the batch's left padding"),
-    Mutant("batch-padding-slots-attend", BATCH_CONTROLLER,
+    Mutant("batch-padding-slots-attend", CONTROLLER,
            "a_video = probs.gather(-1, index).masked_fill(~self.valid[:, None, None, :], 0.0)",
            "a_video = probs.gather(-1, index)",
            (BATCH_EXACT,), "a row's padding slots (fewer video tokens than the longest) carry no attention"),
-    Mutant("batch-lite-index-ignores-the-new-padding", BATCH_CACHE,
+    Mutant("batch-lite-index-ignores-the-new-padding", PRUNING,
            "new_index = torch.cumsum(keep, 0) - 1 + pad", "new_index = torch.cumsum(keep, 0) - 1",
            (BATCH_EXACT,), "after Lite each row is left-padded again: its video indices shift by its padding"),
-    Mutant("batch-ignores-per-sample-seeds", BATCH_GENERATION,
-           "decode = self.dcfg if seed is None else dataclasses.replace(self.dcfg, seed=int(seed))",
-           "decode = self.dcfg",
+    Mutant("batch-ignores-per-sample-seeds", DECODE,
+           "seeds = [dcfg.seed if seed is None else int(seed) for seed in self.seeds]",
+           "seeds = [dcfg.seed for seed in self.seeds]",
            (BATCH_EXACT,), "a sample draws from its own seed whatever batch it lands in"),
-    Mutant("batch-finished-rows-keep-their-positions", BATCH_GENERATION,
-           "positions.index_select(1, keep)", "positions[:, : len(stay)]",
+    Mutant("batch-finished-rows-keep-their-positions", DECODE,
+           "positions.index_select(-2, keep)", "positions[..., : len(stay), :]",
            ("tests/test_batch.py::test_rows_that_stop_early_leave_the_batch",),
            "a row leaving the batch takes its positions with it"),
+    Mutant("hybrid-batch-rerun-rewinds-without-the-mask", QWEN3_5,
+           'if k not in ("input_ids", "second_per_grid_ts")}', 'if k not in ("input_ids", "second_per_grid_ts", "attention_mask")}',
+           (FAMILY_BATCH + "test_every_row_equals_its_sample_alone_and_the_decoder_runs_once_per_step[qwen3_5-switch lite]",),
+           "the recurrent states Lite's re-run rewinds to are rebuilt from each row's own tokens, its padding masked"),
+    Mutant("hybrid-batch-finished-rows-stay-in-the-recurrent-states", QWEN3_5,
+           "cache.layers[layer].reorder_cache(rows)", "pass",
+           (FAMILY_BATCH + "test_rows_that_stop_early_leave_the_batch[qwen3_5]",),
+           "a row leaving the batch leaves the linear-attention layers' states too"),
+    Mutant("llava-batch-videos-of-different-lengths-as-given", LLAVA_ONEVISION,
+           "if videos is None:", "if True:",
+           (FAMILY_BATCH + "test_every_row_equals_its_sample_alone_and_the_decoder_runs_once_per_step[llava_onevision-off]",),
+           "a video zero-padded to the batch's longest is encoded over its own frames only"),
 ]

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 
+from vreason.models import batching
+
 if TYPE_CHECKING:  # only for annotations: the interface imports no implementation
     from vreason.tail import DenseTail, TailActivations
 
@@ -58,8 +60,8 @@ class BatchPrefill:
 
     logits: torch.Tensor  # [B, vocab], model dtype: each row's first new token's distribution
     cache: object  # the model's KV cache, [B, kv_heads, seq, head_dim] per layer, padding included
-    next_position_ids: torch.Tensor  # [P, B, 1]: each row's first generated token's positions
-    attention_mask: torch.Tensor  # [B, seq] int: 0 at each row's left padding
+    next_position_ids: torch.Tensor  # [..., B, 1]: each row's first generated token's positions (rows: dim -2)
+    attention_mask: torch.Tensor  # [B, seq] int: 0 at each row's left padding (all ones: none)
     visual_positions: list  # per row, 1-D int64 indices (in the padded row) of its video (else image) tokens
 
 
@@ -95,9 +97,11 @@ class DecoderAdapter(ABC):
         """Run the prompt, keeping the cache; logits only for the last position."""
 
     @abstractmethod
-    def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor) -> torch.Tensor:
-        """Feed one token `[1, 1]` at `position_ids`; return its next-token logits `[1, vocab]`.
-        A batching family also takes `[B, 1]` tokens with an `attention_mask=` `[B, seq + 1]`."""
+    def decode_step(self, token: torch.Tensor, cache: object, position_ids: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one token per row `[B, 1]` at `position_ids` (the prefill's `next_position_ids`
+        layout: rows on the second-to-last dim); return the next-token logits `[B, vocab]`.
+        `attention_mask` `[B, seq + 1]` (0 at left padding) is given only when a row is padded."""
 
     @abstractmethod
     def cache_kv(self, cache: object, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,45 +121,89 @@ class DecoderAdapter(ABC):
         layers, and the last layer must be one of them (the controller acts there)."""
         return range(self.num_layers)
 
-    def rerun_last_prompt_token(self, cache: object, input_ids: torch.Tensor, last_position_ids: torch.Tensor) -> torch.Tensor:
-        """After Lite: drop the last prompt token's entries from every `kv_layers()` cache and feed
-        it again at its own position over the pruned cache; return its logits `[1, vocab]`. A
-        family whose other layers hold state the token already entered must rewind it first."""
+    def rerun_last_prompt_token(self, cache: object, input_ids: torch.Tensor, last_position_ids: torch.Tensor,
+                                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """After Lite: drop every row's last prompt token (the cache's last entry: left padding)
+        from every `kv_layers()` cache and feed `input_ids[:, -1:]` again at `last_position_ids`
+        over the pruned cache (`attention_mask` `[B, seq]` covers it and them; None: no padding);
+        return its logits `[B, vocab]`. A family whose other layers hold state the token already
+        entered must rewind it first."""
         for layer in self.kv_layers():
             keys, values = self.cache_kv(cache, layer)
             self.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
-        return self.decode_step(input_ids[:, -1:], cache, last_position_ids)
+        return self.decode_step(input_ids[:, -1:], cache, last_position_ids, attention_mask=attention_mask)
+
+    def keep_cache_rows(self, cache: object, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (1-D int64, ascending) of the cache, so that finished samples
+        stop costing decode work: every `kv_layers()` entry here (the rows moved to the device of
+        the cache they index, as under a `device_map`); a family with other per-row state
+        (recurrent layers) keeps its rows too."""
+        for layer in self.kv_layers():
+            keys, values = self.cache_kv(cache, layer)
+            index = rows.to(keys.device)
+            self.set_cache_kv(cache, layer, keys.index_select(0, index), values.index_select(0, index))
 
     @abstractmethod
     def capture_last_layer_input(self) -> LayerInputCapture:
         """Install hooks that keep the last layer's `LayerInput` at the last position of every
         forward; return the handle (`.latest`, `.remove()`)."""
 
-    def collate_inputs(self, samples: list[dict]) -> dict:
-        """One left-padded batch from per-sample processor outputs (each as the processor gives it
-        for one sample), laid out as the processor's own batched call would: the family's rules
-        for padding the token rows and joining the pixel tensors. ValueError where the family has
-        no batching."""
-        raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
+    # ---- batches (the engine always calls these; a batch of one is any family's sample) ----------
 
-    def batches(self) -> bool:
-        """Whether the family decodes a left-padded batch at once (`prepare_batch`,
-        `prefill_batch`, `split_inputs`, `decode_step` with an attention mask); False (the
-        default): the generator runs a batch's samples one at a time."""
-        return False
+    batch_keys: tuple[str, ...] | None = None
+    """The inputs a left-padded batch concatenates in sample order (visual tensors and their
+    grids), as the processor's own batched call lays them out. None (the default): the family
+    decodes one sample at a time, and the engine runs a batch of B > 1 as B batches of one. A
+    family that sets it implements `prepare_batch` and `prefill_batch` for B rows, and
+    `decode_step` / `rerun_last_prompt_token` with an attention mask."""
+
+    batch_padded_keys: tuple[str, ...] = ()
+    """Those of `batch_keys` that are per-sample `[n, k, ...]` tensors (a video's frames, an
+    image's patches) zero-padded along dim 1 to the batch's largest k before concatenation."""
+
+    def token_rows(self, sample: dict) -> dict[str, tuple[torch.Tensor, int]]:
+        """One sample's per-token rows for `collate_inputs`, each 1-D with the value its left
+        padding takes: `input_ids` (the pad id) and `attention_mask` (0). A family with more
+        per-token inputs adds them."""
+        ids = torch.as_tensor(sample["input_ids"]).reshape(-1)
+        mask = sample.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).reshape(-1).to(ids.dtype)
+        return {"input_ids": (ids, self.pad_token_id()), "attention_mask": (mask, 0)}
+
+    def pad_token_id(self) -> int:
+        """The id left padding holds (never attended): `batching.pad_token_id`."""
+        return batching.pad_token_id(self.model, self.eos_token_ids)
+
+    def collate_inputs(self, samples: list[dict]) -> dict:
+        """One batch from per-sample processor outputs: a single sample as it is; several, left
+        padded (`token_rows`) with `batch_keys` concatenated (`batch_padded_keys` padded first),
+        as the processor's own batched call lays them out (`batching.py`). ValueError for several
+        samples of a family without a batch layout."""
+        if not samples:
+            raise ValueError("an empty batch")
+        if len(samples) == 1:
+            return dict(samples[0])
+        if self.batch_keys is None:
+            raise ValueError(f"{type(self).__name__} decodes one sample at a time: give per-sample inputs to "
+                             "generate_samples")
+        return batching.left_padded([self.token_rows(s) for s in samples], samples, self.batch_keys,
+                                    self.batch_padded_keys)
 
     def prepare_batch(self, inputs: dict) -> dict:
-        """`prepare_inputs` for a left-padded batch (the attention mask kept)."""
-        raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
+        """`prepare_inputs` for a batch: here a batch of one row (`prepare_inputs` itself); a family
+        with a batch layout checks B left-padded rows (the attention mask kept where it pads)."""
+        batching.one_row(type(self).__name__, inputs)
+        return self.prepare_inputs(inputs)
 
     def prefill_batch(self, inputs: dict) -> BatchPrefill:
-        """The prompt forward of a prepared batch."""
-        raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
-
-    def split_inputs(self, batch: dict) -> list[dict]:
-        """A collated batch back into one sample's inputs per row (the inverse of
-        `collate_inputs`)."""
-        raise ValueError(f"{type(self).__name__} does not batch samples: use data.batch_size 1")
+        """The prompt forward of a prepared batch: here one row (`prefill`); a family with a batch
+        layout runs B left-padded rows at once."""
+        prefill = self.prefill(inputs)
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        return BatchPrefill(logits=prefill.logits, cache=prefill.cache, next_position_ids=prefill.next_position_ids,
+                            attention_mask=torch.ones_like(ids) if mask is None else mask,
+                            visual_positions=[prefill.video_positions])
 
     def dense_tail(self) -> "DenseTail | None":
         """The last layer's tail as a dense SwiGLU block with a hand-written backward

@@ -17,10 +17,11 @@ norm, the lm_head) must hold real weights on one device; `check_placement` refus
 from __future__ import annotations
 
 import inspect
+from abc import abstractmethod
 
 import torch
 
-from vreason.models.adapter import DecoderAdapter, LayerInput
+from vreason.models.adapter import BatchPrefill, DecoderAdapter, LayerInput
 from vreason.models.capture import LastLayerCapture
 from vreason.models.sharding import check_placement
 from vreason.tail import DenseTail
@@ -71,8 +72,9 @@ def checked_ids(inputs: dict, accepted: frozenset, batch: bool = False) -> tuple
 
 
 class HFDecoderLayout(DecoderAdapter):
-    """The last layer piece by piece, the cache entries and the lm_head; subclasses add inputs,
-    prefill, decode and the visual positions."""
+    """The last layer piece by piece, the cache entries, the lm_head and left-padded batches;
+    subclasses add inputs (`checked_inputs`), prefill, decode and the visual positions, and
+    declare their processor's batch layout (`DecoderAdapter.batch_keys`, `token_rows`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -98,6 +100,40 @@ class HFDecoderLayout(DecoderAdapter):
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    # ---- inputs, one sample or a left-padded batch ----------------------------------------------
+
+    @abstractmethod
+    def checked_inputs(self, inputs: dict, batch: bool) -> dict:
+        """`prepare_inputs`' checks; with `batch`, any number of left-padded rows (the padding
+        given by `attention_mask`, kept: `batching.checked_left_padding`), each with its own visual
+        tokens."""
+
+    @abstractmethod
+    def visual_positions(self, row: torch.Tensor) -> torch.Tensor:
+        """1-D int64 indices, in one row of input ids, of the tokens ΔV and Lite act on."""
+
+    def prepare_inputs(self, inputs: dict) -> dict:
+        return self.checked_inputs(inputs, batch=False)
+
+    def prepare_batch(self, inputs: dict) -> dict:
+        """One row: `prepare_inputs` (no mask passed on, as `generate` at batch size 1). Several
+        left-padded rows (`collate_inputs`' layout): the same checks, every row with its own visual
+        tokens; the attention mask is kept."""
+        ids = torch.as_tensor(inputs["input_ids"])
+        if self.batch_keys is None or ids.ndim == 1 or ids.shape[0] == 1:
+            return super().prepare_batch(inputs)
+        return self.checked_inputs(inputs, batch=True)
+
+    def prefill_batch(self, inputs: dict) -> BatchPrefill:
+        """The batch's prompt forward (the family's `prefill`, which takes the attention mask and
+        gives each row its own positions) and each row's visual positions."""
+        prefill = self.prefill(inputs)
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        return BatchPrefill(logits=prefill.logits, cache=prefill.cache, next_position_ids=prefill.next_position_ids,
+                            attention_mask=torch.ones_like(ids) if mask is None else mask,
+                            visual_positions=[self.visual_positions(row) for row in ids])
 
     # ---- cache ---------------------------------------------------------------------------------
 

@@ -10,8 +10,13 @@ step, each row's last value + 1. We pass exactly those rows explicitly at every 
 never rebuilds positions from the attention mask or the cache length: this is what keeps
 `mode="off"` bit-identical to `generate`, and after Lite pruning (a shorter cache) it is the only
 correct source of positions. At batch size 1 the attention mask is not passed (no padding: it is
-all ones, and `generate` drops an all-ones mask as well); a left-padded batch
-(`qwen_batch.py`) passes it.
+all ones, and `generate` drops an all-ones mask as well); a left-padded batch passes it.
+
+Batches: the processor's left-padded layout (`batching.py`): token rows padded on the left
+(`mm_token_type_ids` too, rebuilt from the ids where missing, by the rule the input check uses),
+the visual tensors of all samples concatenated in sample order (`batch_keys`). Each row's
+positions are those it would have alone (`get_rope_index` skips the padding), so a row's tokens
+and logits do not depend on its batch.
 
 Visual tokens (**ours**): ΔV and Lite act on the video tokens; a prompt with images but no
 video (benchmarks hold a few image samples) uses its image tokens instead, so such samples run
@@ -21,9 +26,9 @@ from __future__ import annotations
 
 import torch
 
+from vreason.models import batching
 from vreason.models.adapter import Prefill
 from vreason.models.hf_layout import HFDecoderLayout, checked_ids
-from vreason.models.qwen_batch import QwenBatching
 
 __all__ = ["QwenVLAdapter"]
 
@@ -43,7 +48,9 @@ _ACCEPTED_KEYS = frozenset(
 _IMAGE_TYPE, _VIDEO_TYPE = 1, 2
 
 
-class QwenVLAdapter(QwenBatching, HFDecoderLayout):
+class QwenVLAdapter(HFDecoderLayout):
+    batch_keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw")
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         self.is_qwen2_5 = getattr(model.config, "model_type", "") == "qwen2_5_vl"
@@ -53,16 +60,18 @@ class QwenVLAdapter(QwenBatching, HFDecoderLayout):
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def prepare_inputs(self, inputs: dict) -> dict:
-        return self._checked(inputs, batch=False)
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
+        """`mm_token_type_ids` as the processor gives them, from the token ids."""
+        types = torch.zeros_like(ids)
+        types[ids == self.image_token_id] = _IMAGE_TYPE
+        types[ids == self.video_token_id] = _VIDEO_TYPE
+        return types
 
-    def _checked(self, inputs: dict, batch: bool) -> dict:
-        """The checks of `prepare_inputs`; with `batch`, any number of left-padded rows (the
-        padding given by `attention_mask`, kept), each with its own video or image tokens."""
+    def checked_inputs(self, inputs: dict, batch: bool) -> dict:
         inputs, mask = checked_ids(inputs, _ACCEPTED_KEYS, batch)
         input_ids = inputs["input_ids"]
         if batch:
-            inputs["attention_mask"] = self._left_padding(input_ids, mask)
+            inputs["attention_mask"] = batching.checked_left_padding(input_ids, mask)
 
         is_video = input_ids == self.video_token_id
         is_image = input_ids == self.image_token_id
@@ -96,9 +105,7 @@ class QwenVLAdapter(QwenBatching, HFDecoderLayout):
 
         # Without mm_token_type_ids the model silently gives video tokens text positions; the
         # processor's own ids are checked, missing ones are rebuilt from input_ids.
-        types = torch.zeros_like(input_ids)
-        types[is_image] = _IMAGE_TYPE
-        types[is_video] = _VIDEO_TYPE
+        types = self.token_types(input_ids)
         given = inputs.get("mm_token_type_ids")
         if given is not None and not torch.equal(torch.as_tensor(given).to(types.device).long(), types):
             raise ValueError("mm_token_type_ids disagree with the image/video tokens of input_ids")
@@ -106,6 +113,17 @@ class QwenVLAdapter(QwenBatching, HFDecoderLayout):
 
         device = self.device
         return {k: torch.as_tensor(v).to(device) for k, v in inputs.items()}
+
+    # ---- batches ------------------------------------------------------------------------------
+
+    def token_rows(self, sample: dict) -> dict[str, tuple[torch.Tensor, int]]:
+        """The base's rows and `mm_token_type_ids` (0 at padding; rebuilt from the ids where missing)."""
+        rows = super().token_rows(sample)
+        ids = rows["input_ids"][0]
+        types = sample.get("mm_token_type_ids")
+        types = self.token_types(ids) if types is None else torch.as_tensor(types).reshape(-1)
+        rows["mm_token_type_ids"] = (types.to(ids.dtype), 0)
+        return rows
 
     # ---- forward passes -----------------------------------------------------------------------
 
@@ -115,7 +133,7 @@ class QwenVLAdapter(QwenBatching, HFDecoderLayout):
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask.long()
-        text = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0).unsqueeze(0)
+        text = batching.text_positions(input_ids, mask).unsqueeze(0)
         rope_kwargs = dict(
             mm_token_type_ids=inputs["mm_token_type_ids"],
             image_grid_thw=inputs.get("image_grid_thw"),

@@ -25,6 +25,11 @@ them for the sample's duration), so no input of a sample outlives its generation
 failed (an out-of-memory retry then starts with them freed). The re-run keeps only what it is
 for: its full-attention layers attend over the prompt and store nothing (the sample's pruned
 cache is the one kept), and its recurrent states replace the sample's.
+
+Batches (Qwen2.5-VL's layout and positions): transformers multiplies the linear-attention layers'
+inputs by the 2-D padding mask in prompt forwards, so left padding never enters a row's
+convolution or recurrent state; a finished row leaves those states as well as the key/value
+entries (`keep_cache_rows`).
 """
 from __future__ import annotations
 
@@ -85,16 +90,22 @@ class Qwen3_5Adapter(QwenVLAdapter):
         """The layers with a per-token key/value cache, the only ones Lite can prune."""
         return self.full_layers
 
-    def rerun_last_prompt_token(self, cache, input_ids: torch.Tensor, last_position_ids: torch.Tensor) -> torch.Tensor:
-        """Lite's re-run of the last prompt token over a (pruned) hybrid cache; its logits `[1, vocab]`.
+    def rerun_last_prompt_token(self, cache, input_ids: torch.Tensor, last_position_ids: torch.Tensor,
+                                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Lite's re-run of the last prompt token over a (pruned) hybrid cache; its logits `[rows, vocab]`.
 
         The full-attention layers drop the token's entry; the linear-attention layers get their
         states from before it back, from the prompt without its last token run into a fresh cache
-        (one more prompt forward, once per sample); then the token is fed again."""
+        (one more prompt forward, once per sample or batch); then the token is fed again. In a
+        left-padded batch every row's last token is the last column: the prompt without it keeps
+        each row's padding masked, and transformers zeroes padded positions' inputs to the
+        recurrent layers (its 2-D padding mask), so their states hold each row's tokens only."""
         prompt = self._last_prompt(input_ids)
         positions = self._prompt_position_ids(prompt)[..., :-1]
         head = {k: v for k, v in prompt.items() if k not in ("input_ids", "second_per_grid_ts")}
-        head["mm_token_type_ids"] = head["mm_token_type_ids"][:, :-1]
+        for key in ("mm_token_type_ids", "attention_mask"):
+            if key in head:
+                head[key] = head[key][:, :-1]
         before = DynamicCache(config=self.model.config)
         for layer in self.full_layers:
             before.layers[layer] = _KeepNothingLayer()
@@ -107,7 +118,15 @@ class Qwen3_5Adapter(QwenVLAdapter):
                 self.set_cache_kv(cache, layer, keys[..., :-1, :], values[..., :-1, :])
             else:
                 cache.layers[layer] = before.layers[layer]
-        return self.decode_step(input_ids[:, -1:], cache, last_position_ids)
+        return self.decode_step(input_ids[:, -1:], cache, last_position_ids, attention_mask=attention_mask)
+
+    def keep_cache_rows(self, cache, rows: torch.Tensor) -> None:
+        """The full-attention entries' rows and the linear-attention layers' conv and recurrent
+        states' rows (their cache entries' own `reorder_cache`)."""
+        super().keep_cache_rows(cache, rows)
+        for layer, kind in enumerate(self.layer_types):
+            if kind != _FULL:
+                cache.layers[layer].reorder_cache(rows)
 
     def dense_tail(self) -> None:
         """None: the output gate sits between the attention and `o_proj`, which the hand-written
@@ -119,18 +138,19 @@ class Qwen3_5Adapter(QwenVLAdapter):
         both = layer_input.q  # the q_proj output the capture hook kept: queries and gates
         if both is None:  # not captured: the projection again
             both = layer.self_attn.q_proj(layer.input_layernorm(layer_input.hidden))
-        query, gate = torch.chunk(both.view(1, 1, self.num_heads, 2 * self.head_dim), 2, dim=-1)
-        return query, gate.reshape(1, 1, -1)
+        rows = both.shape[0]
+        query, gate = torch.chunk(both.view(rows, 1, self.num_heads, 2 * self.head_dim), 2, dim=-1)
+        return query, gate.reshape(rows, 1, -1)
 
     def query(self, layer_input: LayerInput) -> torch.Tensor:
         q, _ = self._query_and_gate(layer_input)
-        q = self.q_norm(q).transpose(1, 2)  # [1, heads, 1, head_dim]
+        q = self.q_norm(q).transpose(1, 2)  # [rows, heads, 1, head_dim]
         cos, sin = layer_input.cos.unsqueeze(1), layer_input.sin.unsqueeze(1)
         rot = cos.shape[-1]
         q_rot, q_pass = q[..., :rot], q[..., rot:]
         q = torch.cat([q_rot * cos + rotate_half(q_rot) * sin, q_pass], dim=-1)
         groups = self.num_heads // self.num_kv_heads
-        return q.float().reshape(1, self.num_kv_heads, groups, self.head_dim) * self.scaling
+        return q.float().reshape(q.shape[0], self.num_kv_heads, groups, self.head_dim) * self.scaling
 
     def tail(self, layer_input: LayerInput, attn: torch.Tensor) -> torch.Tensor:
         layer = self.last_layer

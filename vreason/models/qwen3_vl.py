@@ -29,9 +29,12 @@ __all__ = ["Qwen3VLAdapter"]
 
 
 class Qwen3VLAdapter(QwenVLAdapter):
-    def prepare_inputs(self, inputs: dict) -> dict:
-        inputs = super().prepare_inputs(inputs)
-        last = int(inputs["input_ids"][0, -1])
-        if last in (self.video_token_id, self.image_token_id):
+    """Batches as Qwen2.5-VL does (the same processor layout; `get_rope_index` skips each row's
+    left padding, and DeepStack's features go to each row's own visual positions)."""
+
+    def checked_inputs(self, inputs: dict, batch: bool) -> dict:
+        inputs = super().checked_inputs(inputs, batch)
+        last = inputs["input_ids"][:, -1]
+        if bool(((last == self.video_token_id) | (last == self.image_token_id)).any()):
             raise ValueError("the prompt ends with a visual token: add the generation prompt after the media")
         return inputs

@@ -4,8 +4,9 @@
   (float64 for float64 input, CPU only), any leading shape, differentiable.
 - `value_update(v0, delta)`: `(v0+delta)/‖v0+delta‖·‖v0‖` over the last dim, float32,
   differentiable.
-- `value_update_(cache, positions, v0, delta)`: the same, written in place into
-  `cache[:, :, positions, :]`; returns `cache`.
+- `value_update_(cache, positions, v0, delta, counts=None, check=True)`: the same, written in
+  place into `cache[:, :, positions, :]`, or per row (`positions` `[batch, n]`, row b writing its
+  first `counts[b]` slots); returns `cache`.
 - `vecmat(g, weight)`: `g @ weight` for a few rows `g` in float32 (a linear layer's input
   gradient for one token, the controller's backward products); not differentiable.
 
@@ -38,8 +39,8 @@ from vreason.ops.guard import FirstUseGuard
 __all__ = ["entropy", "value_update", "value_update_", "vecmat", "built_with_cuda", "reference"]
 
 
-def _value_update_inplace(cache, positions, v0, delta):
-    torch.ops.vreason.value_update_.default(cache, positions, v0, delta)
+def _value_update_inplace(cache, positions, v0, delta, counts=None, check=True):
+    torch.ops.vreason.value_update_.default(cache, positions, v0, delta, counts, check)
     return cache
 
 
@@ -80,19 +81,22 @@ def value_update(v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return fn(v0, delta)
 
 
-def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Writes `value_update(v0, delta)` into `cache[:, :, positions, :]` in place and returns
-    `cache`.
+def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor,
+                  counts: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+    """Writes `value_update(v0, delta)` into the cache in place and returns `cache`.
 
-    cache: `[batch, kv_heads, seq, head_dim]`, any float dtype (strided views work); positions:
-    1-D int64 on the cache's device, unique, each in `[0, seq)` (checked before anything is
-    written; see the module docstring for CUDA); v0, delta: float32
-    `[batch, kv_heads, len(positions), head_dim]`. Math in float32, rounded once to the cache's
-    dtype; no temporary of the cache's size. Not differentiable.
+    cache: `[batch, kv_heads, seq, head_dim]`, any float dtype (strided views work); v0, delta:
+    float32 `[batch, kv_heads, n, head_dim]`. positions: 1-D int64 `[n]` (the same positions in
+    every row: `cache[:, :, positions, :]`) or per row `[batch, n]` with `counts` `[batch]` int64:
+    row b writes its slots `j < counts[b]` at `cache[b, :, positions[b, j], :]` and nothing for
+    the others. Each row's written positions are unique and in `[0, seq)`, checked before anything
+    is written when `check` (see the module docstring for CUDA; a caller writing the same
+    positions again and again checks once). Math in float32, rounded once to the cache's dtype; no
+    temporary of the cache's size. Not differentiable.
     """
     device, dtype = cache.device, cache.dtype
     fn = _guard.resolved.get(("value_update_", device, dtype)) or _guard.first_use("value_update_", device, dtype)
-    return fn(cache, positions, v0, delta)
+    return fn(cache, positions, v0, delta, counts, check)
 
 
 def vecmat(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -141,10 +145,11 @@ def _(grad, v0, delta):
 
 
 @torch.library.register_fake("vreason::value_update_")
-def _(cache, positions, v0, delta):
+def _(cache, positions, v0, delta, counts=None, check=True):
     torch._check(
-        positions.device == cache.device and v0.device == cache.device and delta.device == cache.device,
-        lambda: "vreason.ops.value_update_: cache, positions, v0 and delta must be on the same device",
+        positions.device == cache.device and v0.device == cache.device and delta.device == cache.device
+        and (counts is None or counts.device == cache.device),
+        lambda: "vreason.ops.value_update_: cache, positions, counts, v0 and delta must be on the same device",
     )
 
 

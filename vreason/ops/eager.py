@@ -29,7 +29,21 @@ def value_update(v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, u / torch.where(n > 0, n, torch.ones_like(n)) * s, v0)
 
 
-def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Writes `value_update(v0, delta)` into `cache[:, :, positions, :]` and returns `cache`."""
-    cache[:, :, positions, :] = value_update(v0, delta).to(cache.dtype)
+def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor,
+                  counts: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+    """Writes `value_update(v0, delta)` into `cache[:, :, positions, :]` (or per row, as the
+    compiled op) and returns `cache`. Per row without a sync: one scatter, where a row's unwritten
+    slots write its first slot's new vector at its first slot's position (the same value twice),
+    or, for a row writing nothing, that position's current value back."""
+    new = value_update(v0, delta).to(cache.dtype)
+    if positions.dim() == 1:
+        cache[:, :, positions, :] = new
+        return cache
+    batch, heads, n, dim = new.shape
+    first = positions[:, :1]
+    valid = torch.arange(n, device=positions.device) < (counts if counts is not None else torch.full_like(first[:, 0], n))[:, None]
+    index = torch.where(valid, positions, first)[:, None, :, None].expand(batch, heads, n, dim)
+    current = cache.gather(2, first[:, None, :, None].expand(batch, heads, 1, dim))
+    fill = torch.where(valid[:, :1, None, None], new[:, :, :1], current)
+    cache.scatter_(2, index, torch.where(valid[:, None, :, None], new, fill))
     return cache

@@ -60,12 +60,16 @@ def _value_update_case(run, device, dtype) -> list[torch.Tensor]:
 
 def _value_update_inplace_case(run, device, dtype) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    cache = torch.randn(1, 2, 12, 72, generator=gen).to(device=device, dtype=dtype)
+    cache = torch.randn(2, 2, 12, 72, generator=gen).to(device=device, dtype=dtype)
     positions = torch.randperm(12, generator=gen)[:5].to(device)
-    v0 = torch.randn(1, 2, 5, 72, generator=gen).to(device)
-    delta = (0.3 * torch.randn(1, 2, 5, 72, generator=gen)).to(device)
+    v0 = torch.randn(2, 2, 5, 72, generator=gen).to(device)
+    delta = (0.3 * torch.randn(2, 2, 5, 72, generator=gen)).to(device)
     run(cache, positions, v0, delta)
-    return [cache]
+    # Per row (the controller's call): row 0 writes 5 slots, row 1 the first 3 of its own.
+    rows = torch.stack([torch.randperm(12, generator=gen)[:5] for _ in range(2)]).to(device)
+    per_row = cache.clone()
+    run(per_row, rows, v0, delta, torch.tensor([5, 3], device=device))
+    return [cache, per_row]
 
 
 # Per op: the small case and its tolerance relative to float32 or to the reduced-precision dtype.

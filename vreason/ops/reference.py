@@ -38,10 +38,19 @@ def value_update(v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, scaled, v0)
 
 
-def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def value_update_(cache: torch.Tensor, positions: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor,
+                  counts: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
     """Writes `value_update(v0, delta)` into `cache[:, :, positions, :]` (rounded to the cache's
-    dtype) and returns `cache`."""
-    cache[:, :, positions, :] = value_update(v0, delta).to(cache.dtype)
+    dtype), or per row for `[batch, n]` positions: row b's first `counts[b]` slots (all n without
+    counts) at `cache[b, :, positions[b, j], :]`; returns `cache`. (`check` is the compiled op's;
+    the reference trusts its positions.)"""
+    new = value_update(v0, delta).to(cache.dtype)
+    if positions.dim() == 1:
+        cache[:, :, positions, :] = new
+        return cache
+    for row in range(cache.shape[0]):
+        n = positions.shape[1] if counts is None else int(counts[row])
+        cache[row, :, positions[row, :n], :] = new[row, :, :n]
     return cache
 
 
