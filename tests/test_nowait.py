@@ -63,17 +63,18 @@ def test_processor_bans_exactly_what_would_complete_a_word(tokenizer):
         assert torch.equal(banned, expected), tokenizer.decode(ids)
 
 
-def test_sampler_applies_processors_to_its_own_ids():
+def test_sampler_applies_extra_processors_to_the_ids_it_is_given():
     seen = []
 
     def record(ids, scores):
-        seen.append(ids[0].tolist())
+        seen.append(ids.tolist())
         return scores.masked_fill(torch.arange(scores.shape[-1]) == 3, -float("inf"))
 
-    sampler = TokenSampler(DecodeConfig(max_new_tokens=3), prompt_ids=torch.tensor([7, 8]), logits_processors=[record])
-    logits = torch.tensor([[0.0, 1.0, 2.0, 5.0]])
-    assert [int(sampler(logits)[0]) for _ in range(3)] == [2, 2, 2]  # token 3 is the argmax but banned
-    assert seen == [[7, 8], [7, 8, 2], [7, 8, 2, 2]]
+    sampler = TokenSampler(DecodeConfig(max_new_tokens=3), seeds=[0, 0], extra=[record])
+    ids = torch.tensor([[7, 8], [9, 2]])
+    logits = torch.tensor([[0.0, 1.0, 2.0, 5.0], [0.0, 6.0, 2.0, 5.0]])
+    assert sampler(ids, logits).tolist() == [2, 1]  # row 0's argmax (3) is banned, row 1's is not
+    assert seen == [[[7, 8], [9, 2]]]
 
 
 @pytest.mark.slow

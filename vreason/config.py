@@ -62,8 +62,8 @@ class DecodeConfig:
     With `do_sample=True` the filters apply in transformers' order: temperature, top-H, top-k,
     top-p, min-p (transformers' own processors, `sampling.py`). `top_h` (Top-H decoding, arXiv
     2509.02510; None: off) keeps the most likely tokens while the entropy of the kept, renormalised
-    distribution stays within `top_h` times the full distribution's. `seed` seeds a per-sample generator so a sample's output does not depend on the order
-    samples run in. `repetition_penalty` (transformers' rule: the logits of every token already in
+    distribution stays within `top_h` times the full distribution's. `seed` seeds a per-sample
+    generator so a sample's output does not depend on the order samples run in. `repetition_penalty` (transformers' rule: the logits of every token already in
     the prompt or the output are divided by it when positive, multiplied when negative) applies
     before them, greedy included; 1.0 turns it off. Real Qwen2.5-VL checkpoints ship 1.05 in their
     generation config, which `model.generate` applies by default: set it here for parity.
@@ -75,6 +75,7 @@ class DecodeConfig:
         top_k: keep the k most likely tokens when sampling (0: all).
         top_p: keep the smallest set of tokens whose probability reaches top_p (1: all).
         min_p: drop tokens below min_p times the most likely token's probability (0: none).
+        top_h: Top-H decoding's entropy bound, in (0, 1] (null: off).
         seed: run seed; each sample draws from its own stream fixed by this seed and its key.
         repetition_penalty: transformers' rule on tokens already in the prompt or output (1: off).
         nowait: the NoWait baseline (`vreason/nowait.py`): tokens that would write a reflection word
