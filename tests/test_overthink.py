@@ -70,3 +70,22 @@ def test_trained_path_names_the_recipe():
     assert trained_path().name == "trained" and trained_path("overthink").name == "trained_overthink"
     with pytest.raises(ValueError, match="recipe"):
         trained_path("nope")
+
+
+def test_a_short_overthink_run_is_deterministic_and_starts_from_the_shipped_model(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from vreason.models.tiny import trained_path
+    from vreason.training.train_tiny import train_tiny
+
+    runs = [train_tiny(tmp_path / name, seed=5, steps=2, pool=4, batch_size=2, progress_bar=False, recipe="overthink")
+            for name in ("a", "b")]
+    a, b = (load_file(str(r / "model.safetensors")) for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == torch.float16 for v in a.values() if v.is_floating_point())  # the shipped storage
+    start = load_file(str(trained_path() / "model.safetensors"))
+    assert a.keys() == start.keys()  # the default model's weights and shapes, fine-tuned
+    assert json.loads((tmp_path / "a" / "training.json").read_text())["recipe"] == "overthink"
+    with pytest.raises(ValueError, match="recipe"):
+        train_tiny(tmp_path / "c", steps=1, recipe="nope")
