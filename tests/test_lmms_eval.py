@@ -76,7 +76,7 @@ def predicted(tmp_path_factory):
                      "--model.controller.mode", mode, "--model.decode.max_new_tokens", str(MAX_NEW),
                      "--model.plot_samples", "0", "--trainer.default_root_dir", str(root),
                      "--trainer.enable_progress_bar", "false"]) == 0
-        records = [r for recs in read_predictions(root / "predictions").values() for r in recs]
+        records = [r.to_dict() for recs in read_predictions(root / "predictions").values() for r in recs]
         out[mode] = {r["index"]: r for r in records}
         assert sorted(out[mode]) == list(range(LIMIT)) and not any(r["error"] for r in records)
     return out

@@ -96,7 +96,7 @@ def test_predict_with_nowait_writes_no_listed_word(tmp_path):
                      "--model.plot_samples", "0", "--trainer.default_root_dir", str(out),
                      "--trainer.enable_progress_bar", "false"])
         assert code == 0
-        outputs[nowait, sample] = [r["output"] for recs in read_predictions(out / "predictions").values() for r in recs]
+        outputs[nowait, sample] = [r.output for recs in read_predictions(out / "predictions").values() for r in recs]
     assert any(reflection_words(o) for o in outputs["false", "false"])  # the model writes them unprompted
     for key in (("true", "false"), ("true", "true")):
         assert len(outputs[key]) == 8 and not any(reflection_words(o) for o in outputs[key]), outputs[key]

@@ -40,7 +40,7 @@ def test_overthink_model_grounds_and_reflects_under_greedy(tmp_path):
                  "--model.controller.mode", "off", "--model.decode.max_new_tokens", "256", "--model.plot_samples", "0",
                  "--trainer.default_root_dir", str(tmp_path / "off"), "--trainer.enable_progress_bar", "false"])
     assert code == 0
-    records = [r for recs in read_predictions(tmp_path / "off" / "predictions").values() for r in recs]
+    records = [r.to_dict() for recs in read_predictions(tmp_path / "off" / "predictions").values() for r in recs]
     assert len(records) == N and all("</think><answer>" in r["output"] for r in records)
     mc = [r for r in records if r["problem_type"] == "multiple choice"]
     right = sum(r["prediction"] == truth[r["index"]]["solution"][8:-9] for r in mc)

@@ -48,7 +48,7 @@ def test_two_by_two_grid_end_to_end(tmp_path, sweep):
         folder = tmp_path / "runs" / sweep.name(row)
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["controller"]["lr"] == row["lr"]
-        recs = [r for recs in read_predictions(folder / "predictions").values() for r in recs]
+        recs = [r.to_dict() for recs in read_predictions(folder / "predictions").values() for r in recs]
         assert row["n"] == len(recs) == 4
         assert row["tokens"][0] == pytest.approx(np.mean([r["num_new_tokens"] for r in recs]))
         mc = [r for r in recs if r["problem_type"] == "multiple choice"]
