@@ -44,7 +44,7 @@ COMPARISON = "comparison.md"
 
 def parse(args: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vreason demo", description=(
-        "Evaluate the shipped trained tiny Qwen2.5-VL on fresh synthetic video questions: plain decoding (off) "
+        "Evaluate a shipped trained tiny Qwen2.5-VL (--recipe) on fresh synthetic video questions: plain decoding (off) "
         "against V-Reason (switch, switch+lite), the minimize/maximize ablations and NoWait, through "
         "trainer.predict on CPU, and print the comparison."))
     parser.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
@@ -150,7 +150,8 @@ def demo(args: Sequence[str]) -> int:
         print("\nThe tiny model has random weights (--random): scores near 0 are expected; the demo then shows "
               "the pipeline (predictions, protocol files, summaries, TensorBoard), not accuracy.")
     else:
-        print(f"\nModel: the shipped trained tiny Qwen2.5-VL ({model_dir}); questions drawn with seed {opts.seed}, "
+        which = "over-thinking" if opts.recipe == "overthink" else "first (confident)"
+        print(f"\nModel: the shipped {which} trained tiny Qwen2.5-VL ({model_dir}); questions drawn with seed {opts.seed}, "
               "which it never saw (README, \"A trained tiny model\").")
     print(f"\n{opts.n} samples per mode, {'sampled' if opts.sample else 'greedy'}, "
           f"{time.perf_counter() - started:.0f} s. Outputs under {out}/: {COMPARISON} (this table), <mode>/summary.md, "
