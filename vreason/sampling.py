@@ -31,8 +31,6 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from typing import Callable, Sequence
-
 from vreason.config import DecodeConfig
 
 __all__ = ["TokenSampler", "logits_processors"]
